@@ -1,0 +1,66 @@
+# One entry point for every task. `make run` and `make test` set up a fresh machine themselves.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+# Where the tests find the published reference data (never copied into this repo).
+export SUPERTONIC_REFERENCE_DIR ?= $(abspath ../shared/reference/supertonic-2)
+
+.PHONY: install dev-install go-tools run test test-fast lint format proto proto-check go-stubs bench loadtest loadtest-smoke clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Go toolchain and the Debian-packaged gRPC/protobuf modules for building the Go client offline.
+go-tools:
+	@command -v go >/dev/null && command -v protoc-gen-go-grpc >/dev/null || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    golang-go golang-google-grpc-dev golang-google-protobuf-dev protobuf-compiler \
+	    protoc-gen-go protoc-gen-go-grpc golang-github-golang-protobuf-1-5-dev >/dev/null; }
+
+run: install
+	$(PY) -m supertonic_grpc.cli serve $(ARGS)
+
+test: install go-tools
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# Regenerate the Python stubs into supertonic_grpc/_proto (the one generated package).
+proto: install
+	$(PY) -m supertonic_grpc._tools.gen_proto
+
+proto-check: install
+	$(PY) -m supertonic_grpc._tools.gen_proto --check
+	@if command -v protoc-gen-go >/dev/null; then cd clients/go && ./generate.sh --check; fi
+
+go-stubs: go-tools
+	cd clients/go && ./generate.sh
+
+bench: install
+	$(PY) -m supertonic_grpc.cli bench $(ARGS)
+
+loadtest: install
+	$(PY) -m loadtest $(ARGS)
+
+loadtest-smoke: install
+	$(PY) -m loadtest --spawn --smoke $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache reports

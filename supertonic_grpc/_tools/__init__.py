@@ -1,0 +1,1 @@
+"""Developer tools (stub generation); not used by the server at run time."""

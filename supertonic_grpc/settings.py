@@ -1,0 +1,113 @@
+"""Every server setting in one dataclass, read from flags and `SUPERTONIC_*` environment.
+
+Precedence: command-line flag, then environment variable (`SUPERTONIC_MAX_BATCH` for
+`max_batch`), then the default below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "SUPERTONIC_"
+
+
+@dataclass
+class Settings:
+    """Server settings. `help` metadata doubles as the flag's help text."""
+
+    host: str = field(default="0.0.0.0", metadata={"help": "address to listen on"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one)"})
+    metrics_port: int = field(
+        default=9090, metadata={"help": "Prometheus /metrics port (0 picks one, -1 disables)"}
+    )
+    model_dir: str = field(
+        default="", metadata={"help": "published model files (default: the download cache)"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    dtype: str = field(default="float32", metadata={"help": "float32, or bfloat16/float16 on GPU"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    max_batch: int = field(default=0, metadata={"help": "chunks per batch (0: 32 GPU, 8 CPU)"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
+    max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
+    max_streams: int = field(default=512, metadata={"help": "concurrent requests"})
+    max_text_chars: int = field(default=5000, metadata={"help": "longest request text"})
+    max_chunk_chars: int = field(default=300, metadata={"help": "default longest chunk"})
+    first_chunk_chars: int = field(default=100, metadata={"help": "default longest 1st chunk"})
+    lookahead_chunks: int = field(
+        default=2, metadata={"help": "chunks of one stream queued or computing at once"}
+    )
+    default_voice: str = field(default="M1", metadata={"help": "voice when a request names none"})
+    default_steps: int = field(default=5, metadata={"help": "flow steps when a request has 0"})
+    warmup: bool = field(default=True, metadata={"help": "run warm-up batches before SERVING"})
+    grace_s: float = field(default=10.0, metadata={"help": "drain time on SIGTERM"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+
+    def resolved_max_batch(self, device_type: str) -> int:
+        """`max_batch`, or the device's default when 0."""
+        if self.max_batch > 0:
+            return self.max_batch
+        return 32 if device_type == "cuda" else 8
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(f.default)
+    if kind is bool:
+        return _parse_bool(raw)
+    return kind(raw)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--flag` per setting (booleans get `--flag/--no-flag`)."""
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (env {ENV_PREFIX}{f.name.upper()})"
+        if isinstance(f.default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, type=type(f.default), default=None, help=help_text)
+
+
+def load_settings(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from parsed flags over environment over defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            try:
+                values[f.name] = _convert(f, raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from None
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value
+    return Settings(**values)
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Parse a command line of setting flags only (for tests and embedding)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load_settings(parser.parse_args(argv))

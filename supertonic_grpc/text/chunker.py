@@ -1,0 +1,202 @@
+"""Split request text into chunks the model can synthesize one at a time.
+
+Chunks are spans of the ORIGINAL text (offsets in code points) so progress can be reported
+against what the client sent. Breaks are ranked: sentence > clause > word > hard cut; a
+lower rank is used only inside a piece that does not fit at the higher one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+_SENTENCE, _CLAUSE, _WORD = 3, 2, 1
+
+_CLOSERS = "\"')]}»›”’」』】〉》"
+_OPENERS = "\"'([{«‹“‘¿¡"
+_CJK_TERMINATORS = "。！？｡"
+_SENTENCE_TERMINATORS = "!?…‼⁇⁈⁉" + _CJK_TERMINATORS
+_CLAUSE_TERMINATORS = ",;:-–—、，；："
+
+# A "." after these never ends a sentence ("Mr. Smith", "e.g. Paris").
+_NEVER_FINAL = frozenset(
+    {
+        *("mr", "mrs", "ms", "mx", "dr", "prof", "st", "mt", "sgt", "capt", "col", "gen", "lt"),
+        *("rev", "hon", "fig", "figs", "vs", "cf", "viz", "approx", "e.g", "i.e", "eq", "ref"),
+        *("vol", "pp", "incl", "esp", "dept", "sra", "srta", "dra", "sres", "mme", "mlle", "av"),
+        *("pág", "núm"),
+    }
+)
+# A "." after these ends a sentence only when the next word does not start in lower case
+# ("at 7 a.m. The bus" vs "apples, pears etc. and more").
+_MAYBE_FINAL = frozenset(
+    {"etc", "inc", "ltd", "co", "corp", "jr", "sr", "bros", "llc", "al", "a.m", "p.m", "u.s", "u.k"}
+)
+
+_TOKEN_RE = re.compile(r"\S+")
+# CJK scripts do not put spaces after a sentence, so their terminators break without one.
+_CJK_BREAK_RE = re.compile(f"[{_CJK_TERMINATORS}]+[{re.escape(_CLOSERS)}]*(?=\\S)")
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """One chunk: ``text == original[start:end]``, offsets in code points of the original."""
+
+    text: str
+    start: int
+    end: int
+
+
+def _is_sentence_end(word: str, next_word: str) -> bool:
+    """Whether ``word`` (closing quotes/brackets already removed) ends a sentence."""
+    last = word[-1]
+    if last in _SENTENCE_TERMINATORS:
+        return True
+    if last != ".":
+        return False
+    if word.endswith(".."):  # an ellipsis
+        return True
+    stem = word[:-1].lstrip(_OPENERS)
+    if not stem:
+        return True
+    low = stem.lower()
+    following = next_word.lstrip(_OPENERS)[:1] or next_word[:1]
+    if low in _NEVER_FINAL:
+        return False
+    if low == "no" and following.isdigit():  # "No. 5"
+        return False
+    if len(stem) == 1 and stem.isalpha() and stem.isupper():  # an initial: "J. K. Rowling"
+        return False
+    dotted = "." in stem and all(part.isalpha() for part in stem.split("."))
+    if low in _MAYBE_FINAL or dotted:
+        return not following.islower()
+    return True
+
+
+def _gap_level(prev: str, gap: str, nxt: str) -> int:
+    if gap.count("\n") >= 2 or "\u2029" in gap:  # blank line: a paragraph ends
+        return _SENTENCE
+    core = prev.rstrip(_CLOSERS)
+    if core and _is_sentence_end(core, nxt):
+        return _SENTENCE
+    if (core and core[-1] in _CLAUSE_TERMINATORS) or (len(nxt) > 1 and nxt[0] in "–—"):
+        return _CLAUSE
+    return _WORD
+
+
+class _Segmenter:
+    """Ranked break points of one text and the span arithmetic over them."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        tokens = [m.span() for m in _TOKEN_RE.finditer(text)]
+        self.bounds = (tokens[0][0], tokens[-1][1]) if tokens else (0, 0)
+        # A break is (gap_start, gap_end, level): a chunk may end at gap_start and the next
+        # one then starts at gap_end; the gap is whitespace, or empty after a CJK terminator.
+        breaks = [
+            (
+                a_end,
+                b_start,
+                _gap_level(text[a_start:a_end], text[a_end:b_start], text[b_start:b_end]),
+            )
+            for (a_start, a_end), (b_start, b_end) in itertools.pairwise(tokens)
+        ]
+        breaks += [(m.end(), m.end(), _SENTENCE) for m in _CJK_BREAK_RE.finditer(text)]
+        breaks.sort()
+        self.breaks = breaks
+        self.starts = [b[0] for b in breaks]
+
+    def pieces(self, start: int, end: int, level: int) -> Iterator[tuple[int, int]]:
+        """Sub-spans of ``[start, end)`` separated by breaks of at least ``level``."""
+        lo = bisect.bisect_right(self.starts, start)
+        hi = bisect.bisect_left(self.starts, end)
+        piece_start = start
+        for gap_start, gap_end, gap_level in self.breaks[lo:hi]:
+            if gap_level >= level and gap_end < end:
+                yield piece_start, gap_start
+                piece_start = gap_end
+        yield piece_start, end
+
+    def hard_cut(self, start: int, end: int, limit: int) -> list[tuple[int, int]]:
+        spans = []
+        while end - start > limit:
+            cut = start + limit
+            # Keep a combining accent with its base letter when the cut can move back.
+            while cut > start + 1 and unicodedata.combining(self.text[cut]):
+                cut -= 1
+            spans.append((start, cut))
+            start = cut
+        spans.append((start, end))
+        return spans
+
+    def split(self, start: int, end: int, limit: int, level: int) -> list[tuple[int, int]]:
+        """Greedy packing of the pieces at ``level``; pieces too long go one level down."""
+        if level == 0:
+            return self.hard_cut(start, end, limit)
+        out: list[tuple[int, int]] = []
+        current: tuple[int, int] | None = None
+        for piece_start, piece_end in self.pieces(start, end, level):
+            if piece_end - piece_start > limit:
+                if current:
+                    out.append(current)
+                    current = None
+                out.extend(self.split(piece_start, piece_end, limit, level - 1))
+            elif current and piece_end - current[0] <= limit:
+                current = (current[0], piece_end)
+            else:
+                if current:
+                    out.append(current)
+                current = (piece_start, piece_end)
+        if current:
+            out.append(current)
+        return out
+
+    def first(self, start: int, end: int, limit: int) -> tuple[int, int]:
+        """The first chunk: the earliest sentence, else clause, that fits, else packed words."""
+        if end - start <= limit:
+            return start, end
+        for level in (_SENTENCE, _CLAUSE):
+            start, end = next(self.pieces(start, end, level))
+            if end - start <= limit:
+                return start, end
+        words = self.pieces(start, end, _WORD)
+        word_start, word_end = next(words)
+        if word_end - word_start > limit:
+            return self.hard_cut(word_start, word_end, limit)[0]
+        for _, next_end in words:
+            if next_end - start > limit:
+                break
+            word_end = next_end
+        return start, word_end
+
+
+def split_text(text: str, max_chars: int = 300, first_max_chars: int = 100) -> list[TextChunk]:
+    """Split ``text`` into chunks of at most ``max_chars`` code points, in order.
+
+    The first chunk is at most ``first_max_chars`` (clamped to ``max_chars``) and ends at the
+    earliest sentence or clause break so audio can start quickly; later chunks pack whole
+    sentences greedily. Chunks are stripped, never empty, and only split a word when that word
+    alone exceeds the limit. Whitespace-only text gives ``[]``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, not {type(text).__name__}")
+    for name, value in (("max_chars", max_chars), ("first_max_chars", first_max_chars)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    first_limit = min(first_max_chars, max_chars)
+
+    seg = _Segmenter(text)
+    start, end = seg.bounds
+    if start == end:
+        return []
+    spans = [seg.first(start, end, first_limit)]
+    rest = spans[0][1]
+    while rest < end and text[rest].isspace():
+        rest += 1
+    if rest < end:
+        spans += seg.split(rest, end, max_chars, _SENTENCE)
+    return [TextChunk(text[s:e], s, e) for s, e in spans]
