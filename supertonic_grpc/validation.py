@@ -1,0 +1,169 @@
+"""Request validation at the edge: a `SynthesizeRequest` becomes a checked `Plan` or a
+`RequestError` carrying the gRPC status code and a message that names the field."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import grpc
+
+from supertonic_grpc import audio
+from supertonic_grpc._proto.supertonic.v1 import tts_pb2
+from supertonic_grpc.engine import (
+    DEFAULT_SPEED,
+    MAX_POSITIONS,
+    MAX_SPEED,
+    MAX_STEPS,
+    MIN_SPEED,
+    MIN_STEPS,
+    Utterance,
+)
+from supertonic_grpc.settings import Settings
+from supertonic_grpc.text import (
+    LANGUAGES,
+    EmptyTextError,
+    TextChunk,
+    TextError,
+    Tokenizer,
+    preprocess,
+    split_text,
+)
+from supertonic_grpc.voices import UnknownVoiceError, Voice, VoiceBank
+
+NATIVE_RATE = 44100
+MAX_CHUNK_CHARS_RANGE = (20, 1000)
+FIRST_CHUNK_CHARS_RANGE = (10, 1000)
+_ENCODINGS = {
+    tts_pb2.AUDIO_ENCODING_UNSPECIFIED: audio.Encoding.LINEAR16,
+    tts_pb2.LINEAR16: audio.Encoding.LINEAR16,
+    tts_pb2.PCM_F32: audio.Encoding.PCM_F32,
+    tts_pb2.MULAW: audio.Encoding.MULAW,
+    tts_pb2.ALAW: audio.Encoding.ALAW,
+    tts_pb2.WAV: audio.Encoding.WAV,
+}
+
+
+class RequestError(Exception):
+    """A request the server refuses: `code` is the gRPC status, the message names the field."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(field: str, problem: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    text: TextChunk
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request: its chunks and output format."""
+
+    chunks: tuple[PlannedChunk, ...]
+    voice: Voice
+    language: str
+    speed: float
+    steps: int
+    seed: int
+    encoding: audio.Encoding
+    sample_rate: int
+
+
+def proto_encoding(encoding: audio.Encoding) -> int:
+    return {v: k for k, v in _ENCODINGS.items() if k != tts_pb2.AUDIO_ENCODING_UNSPECIFIED}[
+        encoding
+    ]
+
+
+def _check_range(field: str, value: int, bounds: tuple[int, int]) -> int:
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        raise invalid(field, f"{value} is not in {lo}..{hi}")
+    return value
+
+
+def _output_format(req: tts_pb2.SynthesizeRequest, streaming: bool) -> tuple[audio.Encoding, int]:
+    enc = _ENCODINGS.get(req.audio_config.encoding)
+    if enc is None:
+        raise invalid("audio_config.encoding", f"unknown encoding {req.audio_config.encoding}")
+    if streaming and enc not in audio.STREAMABLE:
+        raise invalid(
+            "audio_config.encoding",
+            "WAV is for SynthesizeOnce; stream LINEAR16, PCM_F32, MULAW or ALAW",
+        )
+    rate = req.audio_config.sample_rate_hz or NATIVE_RATE
+    if not audio.MIN_SAMPLE_RATE <= rate <= audio.MAX_SAMPLE_RATE:
+        raise invalid(
+            "audio_config.sample_rate_hz",
+            f"{rate} is not in {audio.MIN_SAMPLE_RATE}..{audio.MAX_SAMPLE_RATE}",
+        )
+    return enc, rate
+
+
+def _chunk_limits(req: tts_pb2.SynthesizeRequest, settings: Settings) -> tuple[int, int]:
+    max_chars = req.chunking.max_chunk_chars or settings.max_chunk_chars
+    _check_range("chunking.max_chunk_chars", max_chars, MAX_CHUNK_CHARS_RANGE)
+    first = req.chunking.first_chunk_chars or min(settings.first_chunk_chars, max_chars)
+    _check_range("chunking.first_chunk_chars", first, (FIRST_CHUNK_CHARS_RANGE[0], max_chars))
+    return max_chars, first
+
+
+def plan_request(
+    req: tts_pb2.SynthesizeRequest,
+    *,
+    settings: Settings,
+    voices: VoiceBank,
+    tokenizer: Tokenizer,
+    streaming: bool,
+) -> Plan:
+    """Validate every field and split, normalize and tokenize the text. Raises RequestError."""
+    text = req.text
+    if not text.strip():
+        raise invalid("text", "must not be empty")
+    if len(text) > settings.max_text_chars:
+        raise invalid("text", f"{len(text)} characters, at most {settings.max_text_chars}")
+    try:
+        voice = voices.get(req.voice or settings.default_voice)
+    except UnknownVoiceError as exc:
+        raise invalid("voice", str(exc)) from None
+    language = req.language.strip().lower() or "en"
+    if language not in LANGUAGES:
+        raise invalid(
+            "language", f"{req.language!r} is not supported; use one of " + ", ".join(LANGUAGES)
+        )
+    speed = DEFAULT_SPEED if req.speed == 0 else float(req.speed)
+    if not (math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
+        raise invalid("speed", f"{req.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
+    steps = req.steps or settings.default_steps
+    _check_range("steps", steps, (MIN_STEPS, MAX_STEPS))
+    encoding, rate = _output_format(req, streaming)
+    max_chars, first_chars = _chunk_limits(req, settings)
+    seed = req.seed if req.HasField("seed") else secrets.randbits(63)
+
+    planned: list[PlannedChunk] = []
+    for chunk in split_text(text, max_chars, first_chars):
+        try:
+            ids = tokenizer.encode(preprocess(chunk.text, language))
+        except EmptyTextError:
+            continue  # a chunk of only symbols or emoji has nothing to say
+        except TextError as exc:
+            raise invalid("text", str(exc)) from None
+        if len(ids) > MAX_POSITIONS:
+            raise invalid(
+                "chunking.max_chunk_chars",
+                f"a chunk has {len(ids)} tokens, at most {MAX_POSITIONS}; use smaller chunks",
+            )
+        utt = Utterance(ids, voice, speed, steps, (seed + len(planned)) % 2**63)
+        planned.append(PlannedChunk(chunk, utt))
+    if not planned:
+        raise invalid("text", "nothing speakable: no characters the model can pronounce")
+    return Plan(tuple(planned), voice, language, speed, steps, seed, encoding, rate)
