@@ -18,12 +18,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Go toolchain and the Debian-packaged gRPC/protobuf modules for building the Go client offline.
+# Test tools from Debian: the Go toolchain with the gRPC/protobuf modules (the Go client
+# builds offline against them), and jq + sox for the README's grpcurl recipes.
+APT_TOOLS := golang-go golang-google-grpc-dev golang-google-protobuf-dev protobuf-compiler \
+	protoc-gen-go protoc-gen-go-grpc golang-github-golang-protobuf-1-5-dev jq sox
 go-tools:
-	@command -v go >/dev/null && command -v protoc-gen-go-grpc >/dev/null || { \
+	@if ! dpkg -s $(APT_TOOLS) >/dev/null 2>&1; then \
+	  echo "installing $(APT_TOOLS)"; \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    golang-go golang-google-grpc-dev golang-google-protobuf-dev protobuf-compiler \
-	    protoc-gen-go protoc-gen-go-grpc golang-github-golang-protobuf-1-5-dev >/dev/null; }
+	    $(APT_TOOLS) >/dev/null; \
+	fi
 
 run: install
 	$(PY) -m supertonic_grpc.cli serve $(ARGS)
