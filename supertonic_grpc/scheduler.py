@@ -11,6 +11,7 @@ with a fake engine. Cancelled requests' jobs are dropped before they reach the m
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 import itertools
@@ -354,9 +355,7 @@ class Scheduler:
         self._batch_ema_s = (
             compute if not self._batch_ema_s else 0.8 * self._batch_ema_s + 0.2 * compute
         )
-        decision = BatchDecision(
-            **{**decision.__dict__, "compute_s": compute, "error": str(error or "")}
-        )
+        decision = dataclasses.replace(decision, compute_s=compute, error=str(error or ""))
         self.history.append(decision)
         self._observe(jobs, results, start, compute)
         for i, job in enumerate(jobs):

@@ -44,6 +44,7 @@ class RunningServer:
     bundle: ModelBundle
     _http: object | None = field(default=None, repr=False)
     _warmup: asyncio.Task[None] | None = field(default=None, repr=False)
+    _gauges: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def wait_ready(self) -> None:
         if self._warmup is not None:
@@ -52,6 +53,8 @@ class RunningServer:
     async def stop(self, grace: float) -> None:
         """Drain: NOT_SERVING, refuse new requests, finish in-flight ones within `grace`."""
         self.service.draining = True
+        if self._gauges is not None:
+            self._gauges.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await asyncio.to_thread(self.scheduler.stop)
@@ -134,6 +137,8 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
         server, port, metrics_port, service, scheduler, health_servicer, metrics, bundle, http
     )
     running._warmup = asyncio.create_task(_warm_up(running, engine, settings))
+    if engine.device.type == "cuda":
+        running._gauges = asyncio.create_task(_watch_device_memory(metrics, engine.device))
     mode = "DEMO (pseudo weights: audio is noise)" if bundle.is_demo else "real weights"
     log.info(
         "listening on %s:%d, metrics on :%s, model %s %s on %s",
@@ -165,6 +170,13 @@ async def _warm_up(running: RunningServer, engine: Engine, settings: Settings) -
     for name in ("", SERVICE_NAME):
         await running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("SERVING")
+
+
+async def _watch_device_memory(metrics: Metrics, device: torch.device) -> None:
+    while True:
+        metrics.device_memory_bytes.labels("allocated").set(torch.cuda.memory_allocated(device))
+        metrics.device_memory_bytes.labels("reserved").set(torch.cuda.memory_reserved(device))
+        await asyncio.sleep(5)
 
 
 async def serve(settings: Settings) -> int:
