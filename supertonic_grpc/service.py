@@ -106,6 +106,14 @@ def _resolve(fut: asyncio.Future[JobResult], outcome: JobResult | BaseException)
         fut.set_result(outcome)
 
 
+def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why the handler was cancelled: the client's deadline, or the client itself."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, SchedulerStopped):
         return grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica"
@@ -256,7 +264,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             async for message in self._stream(stream, context):
                 yield message
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = _cancel_code(context)
             raise
         except _Abort as ab:
             code = ab.code
@@ -345,7 +353,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                 raise
             return self._once_response(plan, results, started)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = _cancel_code(context)
             raise
         finally:
             self.scheduler.cancel(stream.ticket)

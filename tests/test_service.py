@@ -270,3 +270,20 @@ def test_list_voices_reports_demo_state_and_ten_voices(live_server) -> None:
         [f"M{i}" for i in range(1, 6)] + [f"F{i}" for i in range(1, 6)]
     )
     assert all(v.native_sample_rate_hz == 44100 and v.languages for v in reply.voices)
+
+
+def test_deadline_exceeded_drops_the_work_and_is_counted(make_server) -> None:
+    server = make_server()
+    stub = stub_for(server.address)
+    long_text = " ".join(f"Sentence number {i} makes this text long enough." for i in range(12))
+    with pytest.raises(grpc.RpcError) as exc:
+        collect(stub, request(long_text), timeout=1.0)
+    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.running.service.active:
+        time.sleep(0.05)
+    assert server.running.scheduler.queued() == 0
+    text = server.running.metrics.render()
+    assert (
+        sample(text, "supertonic_requests_total", code="DEADLINE_EXCEEDED", rpc="Synthesize") == 1
+    )
