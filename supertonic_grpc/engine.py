@@ -101,6 +101,7 @@ class Engine:
         device: str | torch.device = "auto",
         dtype: torch.dtype = torch.float32,
         compile: bool = False,
+        compile_mode: str = "default",
         length_multiple: int = 1,
         demo_pacing: float | None = None,
     ) -> None:
@@ -128,7 +129,10 @@ class Engine:
             model.vocoder,
         )
         if compile:
-            stages = tuple(torch.compile(s, dynamic=True) for s in stages)
+            # "reduce-overhead" adds CUDA graphs on GPU; shapes are bucketed by
+            # length_multiple so only a bounded set of graphs is ever recorded.
+            dynamic = compile_mode == "default"
+            stages = tuple(torch.compile(s, mode=compile_mode, dynamic=dynamic) for s in stages)
         self._text_encoder, self._duration, self._step, self._vocoder = stages
 
     @torch.inference_mode()

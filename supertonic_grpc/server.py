@@ -75,6 +75,7 @@ def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
         device=device,
         dtype=_DTYPES[settings.dtype],
         compile=settings.compile,
+        compile_mode=settings.compile_mode,
         length_multiple=16 if settings.compile else 1,
         demo_pacing=DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
     )

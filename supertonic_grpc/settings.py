@@ -31,6 +31,10 @@ class Settings:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     dtype: str = field(default="float32", metadata={"help": "float32, or bfloat16/float16 on GPU"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    compile_mode: str = field(
+        default="default",
+        metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs), ..."},
+    )
     max_batch: int = field(default=0, metadata={"help": "chunks per batch (0: 32 GPU, 8 CPU)"})
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
