@@ -207,6 +207,10 @@ class Scheduler:
                 1 for h in (self._q.high, self._q.normal) for e in h if e[2].ticket is ticket
             )
 
+    def expected_batch_s(self) -> float:
+        """Recent time per batch (a moving average); 0.5 s before the first batch."""
+        return self._batch_ema_s or 0.5
+
     def retry_after_s(self) -> float:
         """A rough wait until the queue drains: queued jobs x recent time per job."""
         per_job = self._batch_ema_s / max(1, self.max_batch) if self._batch_ema_s else 0.5
@@ -294,7 +298,9 @@ class Scheduler:
 
     def _select(self) -> tuple[list[Job], BatchDecision | None]:
         now = self.clock()
-        urgent_window = max(0.25, 2.0 * self._batch_ema_s)
+        # A later chunk is urgent when waiting one more batch would make its listener run
+        # dry: its deadline is closer than about the time one batch takes.
+        urgent_window = max(0.25, 1.5 * self._batch_ema_s)
         chosen: list[Job] = []
         dropped: list[Job] = []
         urgent = 0

@@ -84,7 +84,9 @@ class _Stream:
             sent = clock.chunks
             deadline = clock.deadline(now) + sum(self.estimates[sent:k])
         else:
-            deadline = now + sum(self.estimates[:k])
+            # Playback has not started: it will, once the first chunk's batch is done.
+            first_audio = now + self.service.scheduler.expected_batch_s()
+            deadline = first_audio + sum(self.estimates[:k])
         job = Job(
             utterance=self.plan.chunks[k].utterance,
             priority=Priority.HIGH if k == 0 else Priority.NORMAL,
