@@ -106,6 +106,10 @@ class Engine:
         demo_pacing: float | None = None,
     ) -> None:
         self.device = pick_device(device) if isinstance(device, str) else device
+        if self.device.type == "cpu":
+            # Denormal floats (from near-silent activations) make x86 arithmetic many times
+            # slower; flushing them to zero changes nothing audible.
+            torch.set_flush_denormal(True)
         if dtype != torch.float32 and self.device.type == "cpu":
             raise ValueError("reduced precision is for GPUs; use float32 on CPU")
         self.dtype = dtype
@@ -132,7 +136,13 @@ class Engine:
             # "reduce-overhead" adds CUDA graphs on GPU; shapes are bucketed by
             # length_multiple so only a bounded set of graphs is ever recorded.
             dynamic = compile_mode == "default"
-            stages = tuple(torch.compile(s, mode=compile_mode, dynamic=dynamic) for s in stages)
+            compiled = [torch.compile(s, mode=compile_mode, dynamic=dynamic) for s in stages]
+            # The vocoder stays eager with dynamic shapes: inductor (torch 2.13) fails on its
+            # dilated causal convolutions ("vr must not be None"); with bucketed static
+            # shapes (reduce-overhead, CUDA graphs) it compiles.
+            if dynamic:
+                compiled[3] = stages[3]
+            stages = tuple(compiled)
         self._text_encoder, self._duration, self._step, self._vocoder = stages
 
     @torch.inference_mode()

@@ -42,6 +42,8 @@ def wait_serving(address: str, timeout: float = 180) -> None:
 def test_sigterm_during_a_stream_lets_it_finish_then_exits_zero(tmp_path) -> None:
     port = free_port()
     env = {**os.environ, "SUPERTONIC_MODEL_DIR": str(tmp_path / "no-model")}
+    log_path = tmp_path / "server.log"
+    log_file = log_path.open("w")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -60,7 +62,7 @@ def test_sigterm_during_a_stream_lets_it_finish_then_exits_zero(tmp_path) -> Non
             "60",
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -88,6 +90,8 @@ def test_sigterm_during_a_stream_lets_it_finish_then_exits_zero(tmp_path) -> Non
     finally:
         if proc.poll() is None:
             proc.kill()
-        out = proc.stdout.read() if proc.stdout else ""
+            proc.wait(10)
+        log_file.close()
+    out = log_path.read_text()
     assert "DEMO MODE" in out  # demo mode says so loudly in the log
     assert "draining" in out

@@ -57,7 +57,8 @@ class StyleTokenAttention(nn.Module):
         h, d = self.n_heads, self.head_dim
         q = self.W_query(x).view(b, t, h, d).transpose(1, 2)  # [B, H, T, D]
         v = self.W_value(style).view(b, -1, h, d).transpose(1, 2)  # [B, H, N, D]
-        keys = self.tanh.Tanh_output_0.transpose(0, 1)  # [1, H, D, N]
+        # Expanded to the batch explicitly: a broadcast batch matmul trips torch.compile.
+        keys = self.tanh.Tanh_output_0.transpose(0, 1).expand(b, -1, -1, -1)  # [B, H, D, N]
         attn = (q @ keys / c**0.5).softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, t, c)
         return self.out_fc(out) * mask

@@ -132,6 +132,7 @@ class StyleAttention(nn.Module):
         h, d = self.n_heads, self.head_dim
         q = self.W_query(x.transpose(1, 2)).view(b, length, h, d).transpose(1, 2)
         k = torch.tanh(self.W_key(self.key_emb)).view(1, -1, h, d).transpose(1, 2)
+        k = k.expand(b, -1, -1, -1)  # explicit batch: a broadcast bmm trips torch.compile
         v = self.W_value(style).view(b, -1, h, d).transpose(1, 2)
         attn = (q @ k.transpose(-1, -2) / (h * d) ** 0.5).softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(b, length, h * d)

@@ -34,7 +34,8 @@ def pseudo_tensor(name: str, shape: Iterable[int], dtype: torch.dtype) -> torch.
     x = (rng.standard_normal(shape) * 0.05).astype(np.float32)
     if name.endswith(_POSITIVE_SUFFIXES):
         x = 1.0 + np.abs(x)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+    # reshape: ascontiguousarray turns a 0-d array (a scalar buffer) into shape (1,).
+    return torch.from_numpy(np.ascontiguousarray(x).reshape(shape)).to(dtype)
 
 
 def pseudo_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,148 @@
+"""Download the published Supertonic-2 files from the Hugging Face Hub.
+
+Two repositories: `Supertone/supertonic-2` holds the config, the unicode indexer and the
+voice styles; `DevParker/Supertonic-2-Saftetensor` holds the weights as safetensors. Files
+land in the layout `bundle.load_bundle` reads: `onnx/tts.json`, `onnx/unicode_indexer.json`,
+`voice_styles/*.json` and `supertonic.safetensors`. `huggingface_hub` is an optional extra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from safetensors.torch import load_file
+
+from supertonic_grpc.model import build_model
+from supertonic_grpc.model.weights import WEIGHTS_FILE, WeightsError, check_state_dict
+from supertonic_grpc.voices import PUBLISHED_VOICES
+
+log = logging.getLogger(__name__)
+
+MODEL_REPO = "Supertone/supertonic-2"
+WEIGHTS_REPO = "DevParker/Supertonic-2-Saftetensor"
+HOST = "huggingface.co"
+CONFIG_FILES = ("onnx/tts.json", "onnx/unicode_indexer.json")
+VOICE_DIR = "voice_styles"
+INSTALL_HINT = "pip install 'supertonic-grpc[download]'"
+
+
+class DownloadError(RuntimeError):
+    """A download failed; the message is one line saying what and why."""
+
+
+def _hub() -> ModuleType:
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise DownloadError(
+            f"downloading needs the huggingface_hub package: {INSTALL_HINT}"
+        ) from None
+    return huggingface_hub
+
+
+def _network_errors(hub: ModuleType) -> tuple[type[BaseException], ...]:
+    """Exception types meaning "could not fetch", whatever HTTP stack the hub uses."""
+    kinds: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
+    errors = getattr(hub, "errors", None)
+    for name in ("LocalEntryNotFoundError", "HfHubHTTPError", "OfflineModeIsEnabled"):
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            kinds.append(kind)
+    for module, name in (("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            kind = getattr(__import__(module), name)
+        except (ImportError, AttributeError):
+            continue
+        kinds.append(kind)
+    return tuple(kinds)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _Fetcher:
+    """Fetches files of one repository into `model_dir`, translating errors to DownloadError."""
+
+    def __init__(self, hub: ModuleType, model_dir: Path, token: str | None) -> None:
+        self.hub = hub
+        self.model_dir = model_dir
+        self.token = token
+        self.errors = _network_errors(hub)
+
+    def _fail(self, what: str, repo: str, exc: BaseException) -> DownloadError:
+        return DownloadError(
+            f"could not download {what} from {repo}: {HOST} could not be reached or refused "
+            f"the request ({type(exc).__name__}: {_one_line(exc)})"
+        )
+
+    def file(self, repo: str, filename: str) -> Path:
+        """Download `repo`/`filename` to `model_dir`/`filename` (huggingface_hub shows progress)."""
+        log.info("fetching %s/%s", repo, filename)
+        try:
+            path = self.hub.hf_hub_download(
+                repo_id=repo, filename=filename, local_dir=self.model_dir, token=self.token
+            )
+        except self.errors as exc:
+            raise self._fail(filename, repo, exc) from exc
+        return Path(path)
+
+    def voice_files(self, repo: str) -> list[str]:
+        """The voice style files the repository lists (the published ten if it lists none)."""
+        try:
+            names: list[str] = list(self.hub.list_repo_files(repo, token=self.token))
+        except self.errors as exc:
+            raise self._fail("the file list", repo, exc) from exc
+        voices = sorted(n for n in names if n.startswith(VOICE_DIR + "/") and n.endswith(".json"))
+        return voices or [f"{VOICE_DIR}/{name}.json" for name in PUBLISHED_VOICES]
+
+
+def verify_weights(weights: Path, config_path: Path) -> None:
+    """Check that `weights` has exactly the tensors of the model `config_path` describes."""
+    config: dict[str, Any] = json.loads(config_path.read_text())
+    model = build_model(config)
+    try:
+        check_state_dict(model, load_file(str(weights)))
+    except (WeightsError, OSError, ValueError) as exc:
+        raise DownloadError(f"{weights} does not match the Supertonic-2 layout: {exc}") from exc
+
+
+def download(model_dir: Path | None = None, *, token: str | None = None) -> Path:
+    """Fetch config, indexer, voices and weights into `model_dir`; returns the directory.
+
+    `model_dir` defaults to `bundle.default_model_dir()`. Raises `DownloadError` (one line)
+    when huggingface_hub is missing, the host cannot be reached, or the weights file does not
+    match the model layout (a bad weights file is removed so the server falls back to demo).
+    """
+    from supertonic_grpc.bundle import default_model_dir  # bundle imports the model package
+
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    hub = _hub()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create model directory {root}: {_one_line(exc)}") from exc
+    fetch = _Fetcher(hub, root, token)
+    for name in CONFIG_FILES:
+        fetch.file(MODEL_REPO, name)
+    voices = fetch.voice_files(MODEL_REPO)
+    for name in voices:
+        fetch.file(MODEL_REPO, name)
+    weights = fetch.file(WEIGHTS_REPO, WEIGHTS_FILE)
+    expected = root / WEIGHTS_FILE
+    if weights.resolve() != expected.resolve():
+        # Older hub versions may return a cache path; the bundle reads the root copy.
+        os.replace(weights, expected)
+    try:
+        verify_weights(expected, root / CONFIG_FILES[0])
+    except DownloadError:
+        expected.unlink(missing_ok=True)
+        raise
+    log.info("Supertonic-2 files ready in %s (%d voices, weights verified)", root, len(voices))
+    return root

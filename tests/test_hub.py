@@ -1,0 +1,150 @@
+"""The downloader, against a fake Hub that copies local files (never the network)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from reference import reference_dir
+
+from supertonic_grpc.bundle import REAL, load_bundle
+from supertonic_grpc.model import build_model
+from supertonic_grpc.model import hub as hub_mod
+from supertonic_grpc.model.defaults import default_config_dict
+from supertonic_grpc.model.hub import MODEL_REPO, WEIGHTS_REPO, DownloadError, download
+from supertonic_grpc.model.weights import (
+    WEIGHTS_FILE,
+    load_pseudo_weights,
+    pseudo_tensor,
+    save_weights,
+)
+from supertonic_grpc.text import Tokenizer, preprocess
+from supertonic_grpc.voices import PUBLISHED_VOICES, load_voice_file
+
+huggingface_hub = pytest.importorskip("huggingface_hub")
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two fake repositories laid out as the published ones."""
+    ref = reference_dir()
+    base = tmp_path_factory.mktemp("remote")
+    model_repo = base / "model"
+    (model_repo / "onnx").mkdir(parents=True)
+    shutil.copy(ref / "tts.json", model_repo / "onnx" / "tts.json")
+    shutil.copy(ref / "unicode_indexer.json", model_repo / "onnx" / "unicode_indexer.json")
+    shutil.copytree(ref / "voice_styles", model_repo / "voice_styles")
+    weights_repo = base / "weights"
+    weights_repo.mkdir()
+    model = build_model(default_config_dict())
+    load_pseudo_weights(model)
+    save_weights(model, weights_repo / WEIGHTS_FILE)
+    return {MODEL_REPO: model_repo, WEIGHTS_REPO: weights_repo}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, remote: dict[str, Path]) -> list[str]:
+    """Route hf_hub_download / list_repo_files to the local repositories; returns a call log."""
+    calls: list[str] = []
+
+    def hf_hub_download(*, repo_id: str, filename: str, local_dir: Path, **_: object) -> str:
+        calls.append(f"{repo_id}/{filename}")
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(remote[repo_id] / filename, target)
+        return str(target)
+
+    def list_repo_files(repo_id: str, **_: object) -> list[str]:
+        root = remote[repo_id]
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    return calls
+
+
+def test_download_lays_out_files_for_load_bundle(tmp_path: Path, fake_hub: list[str]) -> None:
+    target = tmp_path / "model"
+    assert download(target, token="hf_test") == target
+    assert (target / "onnx" / "tts.json").is_file()
+    assert (target / "onnx" / "unicode_indexer.json").is_file()
+    assert (target / WEIGHTS_FILE).is_file()
+    assert sorted(p.stem for p in (target / "voice_styles").glob("*.json")) == sorted(
+        PUBLISHED_VOICES
+    )
+    assert f"{WEIGHTS_REPO}/{WEIGHTS_FILE}" in fake_hub
+    assert f"{MODEL_REPO}/voice_styles/F3.json" in fake_hub
+
+
+@pytest.mark.slow
+def test_downloaded_bundle_is_real(tmp_path: Path, fake_hub: list[str]) -> None:
+    ref = reference_dir()
+    bundle = load_bundle(download(tmp_path / "model"))
+    assert bundle.state == REAL
+    assert sorted(bundle.voices.names) == sorted(PUBLISHED_VOICES)
+    m1 = load_voice_file(ref / "voice_styles" / "M1.json")
+    np.testing.assert_array_equal(bundle.voices.get("M1").style_ttl, m1.style_ttl)
+    np.testing.assert_array_equal(bundle.voices.get("M1").style_dp, m1.style_dp)
+    ref_tok = Tokenizer.from_file(ref / "unicode_indexer.json")
+    text = preprocess("¿Dónde está la biblioteca?", "es")
+    assert bundle.tokenizer.encode(text) == ref_tok.encode(text)
+    # The weights are the file's (pseudo weights here), not a fresh initialization.
+    name, tensor = next(iter(bundle.model.state_dict().items()))
+    assert torch.equal(tensor, pseudo_tensor(name, tensor.shape, tensor.dtype))
+
+
+def test_offline_is_one_line_download_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(**_: object) -> str:
+        raise huggingface_hub.errors.LocalEntryNotFoundError(
+            "An error happened while trying to locate the file on the Hub\n"
+            "and we cannot find the requested files in the local cache.\nCheck your connection."
+        )
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(DownloadError) as info:
+        download(tmp_path / "model")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "onnx/tts.json" in message
+    assert "huggingface.co could not be reached" in message
+
+
+def test_connection_error_listing_voices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_hub: list[str]
+) -> None:
+    def refused(*_: object, **__: object) -> list[str]:
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", refused)
+    with pytest.raises(DownloadError, match=r"file list .*could not be reached") as info:
+        download(tmp_path / "model")
+    assert "\n" not in str(info.value)
+
+
+def test_mismatched_weights_are_refused_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_hub: list[str], remote: dict[str, Path]
+) -> None:
+    from safetensors.torch import save_file
+
+    bad_repo = tmp_path / "bad"
+    bad_repo.mkdir()
+    save_file({"vocoder.nonsense": torch.zeros(3)}, str(bad_repo / WEIGHTS_FILE))
+    monkeypatch.setitem(remote, WEIGHTS_REPO, bad_repo)
+    target = tmp_path / "model"
+    with pytest.raises(DownloadError, match="does not match"):
+        download(target)
+    assert not (target / WEIGHTS_FILE).exists()
+
+
+def test_missing_huggingface_hub_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(DownloadError, match=r"supertonic-grpc\[download\]"):
+        hub_mod.download(tmp_path / "model")
