@@ -220,5 +220,3 @@ class VectorEstimator(nn.Module):
             noisy_latent, text_emb, style_ttl, latent_mask, text_mask, current_step / total_step
         )
         return (noisy_latent + v / total_step[:, None, None]) * latent_mask
-
-
