@@ -33,6 +33,8 @@ run: install
 	$(PY) -m supertonic_grpc.cli serve $(ARGS)
 
 test: install go-tools
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
