@@ -180,8 +180,8 @@ class Scheduler:
             for name in ("high", "normal"):
                 heap = getattr(self._q, name)
                 kept = [e for e in heap if e[2].ticket is not ticket]
-                dropped += len(heap) - len(kept)
-                if dropped:
+                if len(kept) != len(heap):
+                    dropped += len(heap) - len(kept)
                     heapq.heapify(kept)
                     setattr(self._q, name, kept)
             self._update_depth()
