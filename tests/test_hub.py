@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, remote: dict[str, Path]) -> list[s
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(hub_mod, "_check_reachable", lambda: None)
     return calls
 
 
@@ -107,6 +109,7 @@ def test_offline_is_one_line_download_error(
         )
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(hub_mod, "_check_reachable", lambda: None)
     with pytest.raises(DownloadError) as info:
         download(tmp_path / "model")
     message = str(info.value)
@@ -148,3 +151,18 @@ def test_missing_huggingface_hub_says_how_to_install(
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(DownloadError, match=r"supertonic-grpc\[download\]"):
         hub_mod.download(tmp_path / "model")
+
+
+def test_unreachable_host_fails_fast_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    with pytest.raises(DownloadError) as info:
+        download(tmp_path / "model")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"cannot reach 127.0.0.1:{closed_port}" in message
+    assert not (tmp_path / "model" / "supertonic.safetensors").exists()

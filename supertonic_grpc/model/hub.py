@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlparse
 
 from safetensors.torch import load_file
 
@@ -113,6 +115,21 @@ def verify_weights(weights: Path, config_path: Path) -> None:
         raise DownloadError(f"{weights} does not match the Supertonic-2 layout: {exc}") from exc
 
 
+def _check_reachable(timeout_s: float = 5.0) -> None:
+    """Fail fast offline instead of sitting through the hub client's retries."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot reach {host}:{port} ({_one_line(exc)}); the Supertonic-2 files need "
+            "network access to Hugging Face (or set HF_ENDPOINT to a mirror)"
+        ) from exc
+
+
 def download(model_dir: Path | None = None, *, token: str | None = None) -> Path:
     """Fetch config, indexer, voices and weights into `model_dir`; returns the directory.
 
@@ -128,6 +145,9 @@ def download(model_dir: Path | None = None, *, token: str | None = None) -> Path
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create model directory {root}: {_one_line(exc)}") from exc
+    _check_reachable()
+    # The hub client logs every retry; the one-line DownloadError says what matters.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     fetch = _Fetcher(hub, root, token)
     for name in CONFIG_FILES:
         fetch.file(MODEL_REPO, name)
