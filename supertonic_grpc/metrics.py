@@ -8,7 +8,8 @@ Each :class:`Metrics` owns its registry so that several servers can share one te
 from __future__ import annotations
 
 import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,8 +18,9 @@ from prometheus_client import (
     Histogram,
     Info,
     generate_latest,
+    make_wsgi_app,
 )
-from prometheus_client import start_http_server as _start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from supertonic_grpc.playback import PlaybackClock
 
@@ -41,6 +43,10 @@ COMPUTE_BUCKETS = (
     0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+# An HTTP route beside /metrics: () -> (status line, content type, body).
+Route = Callable[[], tuple[str, str, bytes]]
 
 
 class Metrics:
@@ -167,11 +173,27 @@ class Metrics:
         return generate_latest(self.registry)
 
     def start_http_server(
-        self, port: int, addr: str = "0.0.0.0"
+        self, port: int, addr: str = "0.0.0.0", routes: dict[str, Route] | None = None
     ) -> tuple[WSGIServer, threading.Thread]:
-        """Serve ``/metrics`` from this registry on a daemon thread.
+        """Serve ``/metrics`` from this registry (plus any extra `routes`) on a daemon thread.
 
-        ``port`` 0 picks a free port: read it from ``server.server_port``. Stop with
-        ``server.shutdown(); server.server_close(); thread.join()``.
+        A route maps a path to a function returning ``(status, content_type, body)``, e.g.
+        the server's ``/healthz`` and ``/readyz`` probes. ``port`` 0 picks a free port: read
+        it from ``server.server_port``. Stop with ``server.shutdown(); server.server_close();
+        thread.join()``.
         """
-        return _start_http_server(port, addr, self.registry)
+        metrics_app = make_wsgi_app(self.registry)
+        extra = dict(routes or {})
+
+        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:  # type: ignore[type-arg]
+            route = extra.get(environ.get("PATH_INFO", "/"))
+            if route is None:
+                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            status, content_type, body = route()
+            start_response(status, [("Content-Type", content_type)])
+            return [body]
+
+        httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
+        return httpd, thread

@@ -132,7 +132,11 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
     http = None
     metrics_port = None
     if settings.metrics_port >= 0:
-        http = metrics.start_http_server(settings.metrics_port, settings.host)
+        http = metrics.start_http_server(
+            settings.metrics_port,
+            settings.host,
+            routes={"/healthz": service.liveness, "/readyz": service.readiness},
+        )
         metrics_port = http[0].server_port
     running = RunningServer(
         server, port, metrics_port, service, scheduler, health_servicer, metrics, bundle, http

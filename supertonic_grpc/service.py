@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -147,6 +148,40 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         self.draining = False
         self.active = 0
         self._ids = itertools.count(1)
+
+    # --- HTTP probes (served beside /metrics) --------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """What a load balancer or an operator wants to know, including demo mode."""
+        ready = self.ready and not self.draining
+        return {
+            "status": "SERVING" if ready else "NOT_SERVING",
+            "warming_up": not self.ready,
+            "draining": self.draining,
+            "model_state": self.model.state,
+            "model_version": self.model.version,
+            "active_streams": self.active,
+            "queued_chunks": self.scheduler.queued(),
+        }
+
+    def liveness(self) -> tuple[str, str, bytes]:
+        """`/healthz`: 200 while the process and its scheduler thread are alive."""
+        alive = self.scheduler.running or self.draining
+        return (
+            "200 OK" if alive else "503 Service Unavailable",
+            "application/json",
+            json.dumps(self.status()).encode(),
+        )
+
+    def readiness(self) -> tuple[str, str, bytes]:
+        """`/readyz`: 200 once warm and until draining starts."""
+        body = self.status()
+        ok = body["status"] == "SERVING"
+        return (
+            "200 OK" if ok else "503 Service Unavailable",
+            "application/json",
+            json.dumps(body).encode(),
+        )
 
     # --- helpers -----------------------------------------------------------------------
 

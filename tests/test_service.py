@@ -3,6 +3,7 @@ cancellation, status codes, limits and metrics."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -287,3 +288,14 @@ def test_deadline_exceeded_drops_the_work_and_is_counted(make_server) -> None:
     assert (
         sample(text, "supertonic_requests_total", code="DEADLINE_EXCEEDED", rpc="Synthesize") == 1
     )
+
+
+def test_http_probes_report_readiness_and_demo_state(live_server) -> None:
+    base = live_server.metrics_url.removesuffix("/metrics")
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(base + path, timeout=10) as reply:
+            assert reply.status == 200
+            body = json.loads(reply.read())
+        assert body["status"] == "SERVING"
+        assert body["model_state"] == "demo"
+        assert body["draining"] is False
