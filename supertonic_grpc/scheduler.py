@@ -126,6 +126,7 @@ class Scheduler:
         max_batch: int = 8,
         max_wait_s: float = 0.005,
         max_queue: int = 512,
+        max_batch_tokens: int = 1_000_000,
         mix_priorities: bool = False,
         metrics: MetricsLike | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -137,6 +138,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.max_batch_tokens = max_batch_tokens
         # On CPU a batch costs about its size, so a first chunk should not wait behind
         # later chunks that have slack; on a GPU extra rows are nearly free.
         self.mix_priorities = mix_priorities
@@ -296,6 +298,27 @@ class Scheduler:
             dropped.append(job)
         return None
 
+    def _take(
+        self,
+        heap: list[tuple[float, int, Job]],
+        chosen: list[Job],
+        dropped: list[Job],
+        budget: list[int],
+    ) -> bool:
+        """Move the heap's best live job into `chosen` if the batch has room for it."""
+        job = self._pop_live(heap, dropped)
+        if job is None:
+            return False
+        cost = len(job.utterance.token_ids)
+        if chosen and (len(chosen) >= self.max_batch or cost > budget[0]):
+            heapq.heappush(
+                heap, (job.deadline if heap is self._q.normal else job.submitted, job.seq, job)
+            )
+            return False
+        chosen.append(job)
+        budget[0] -= cost
+        return True
+
     def _select(self) -> tuple[list[Job], BatchDecision | None]:
         now = self.clock()
         # A later chunk is urgent when waiting one more batch would make its listener run
@@ -303,30 +326,22 @@ class Scheduler:
         urgent_window = max(0.25, 1.5 * self._batch_ema_s)
         chosen: list[Job] = []
         dropped: list[Job] = []
+        # Tokens left in this batch: bounds how long a batch runs, and so how long a new
+        # listener can wait behind one on a CPU, where a batch costs about its size.
+        budget = [self.max_batch_tokens]
         urgent = 0
         # 1. Listeners about to run out of audio.
-        while len(chosen) < self.max_batch and self._q.normal:
-            if self._q.normal[0][0] - now > urgent_window:
+        while self._q.normal and self._q.normal[0][0] - now <= urgent_window:
+            if not self._take(self._q.normal, chosen, dropped, budget):
                 break
-            job = self._pop_live(self._q.normal, dropped)
-            if job is not None:
-                chosen.append(job)
-                urgent += 1
+            urgent += 1
         # 2. First chunks, oldest first.
-        while len(chosen) < self.max_batch and self._q.high:
-            job = self._pop_live(self._q.high, dropped)
-            if job is not None:
-                chosen.append(job)
+        while self._q.high and self._take(self._q.high, chosen, dropped, budget):
+            pass
         # 3. Later chunks by deadline, unless that would slow down first chunks.
-        has_high = any(j.priority is Priority.HIGH for j in chosen)
-        while (
-            len(chosen) < self.max_batch
-            and self._q.normal
-            and (self.mix_priorities or not has_high)
-        ):
-            job = self._pop_live(self._q.normal, dropped)
-            if job is not None:
-                chosen.append(job)
+        if self.mix_priorities or not any(j.priority is Priority.HIGH for j in chosen):
+            while self._q.normal and self._take(self._q.normal, chosen, dropped, budget):
+                pass
         self._update_depth()
         waiting = len(self._q)
         if not chosen:

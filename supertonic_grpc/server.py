@@ -98,6 +98,7 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
         max_batch=settings.resolved_max_batch(engine.device.type),
         max_wait_s=settings.max_wait_ms / 1000.0,
         max_queue=settings.max_queue,
+        max_batch_tokens=settings.resolved_max_batch_tokens(engine.device.type),
         mix_priorities=engine.device.type == "cuda",
         metrics=metrics,
     )

@@ -36,12 +36,18 @@ class Settings:
         metadata={"help": "torch.compile mode: default, reduce-overhead (CUDA graphs), ..."},
     )
     max_batch: int = field(default=0, metadata={"help": "chunks per batch (0: 32 GPU, 8 CPU)"})
+    max_batch_tokens: int = field(
+        default=0, metadata={"help": "text tokens per batch (0: 600 CPU, unbounded GPU)"}
+    )
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
     max_streams: int = field(default=512, metadata={"help": "concurrent requests"})
     max_text_chars: int = field(default=5000, metadata={"help": "longest request text"})
     max_chunk_chars: int = field(default=300, metadata={"help": "default longest chunk"})
     first_chunk_chars: int = field(default=100, metadata={"help": "default longest 1st chunk"})
+    chunk_growth: float = field(
+        default=2.0, metadata={"help": "each chunk's length limit vs the previous one's"}
+    )
     lookahead_chunks: int = field(
         default=2, metadata={"help": "chunks of one stream queued or computing at once"}
     )
@@ -56,6 +62,13 @@ class Settings:
         if self.max_batch > 0:
             return self.max_batch
         return 32 if device_type == "cuda" else 8
+
+    def resolved_max_batch_tokens(self, device_type: str) -> int:
+        """`max_batch_tokens`, or the device's default when 0. On a CPU a batch costs about
+        its size, so the budget keeps any one batch to a couple of seconds."""
+        if self.max_batch_tokens > 0:
+            return self.max_batch_tokens
+        return 1_000_000 if device_type == "cuda" else 600
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

@@ -150,7 +150,7 @@ def plan_request(
     seed = req.seed if req.HasField("seed") else secrets.randbits(63)
 
     planned: list[PlannedChunk] = []
-    for chunk in split_text(text, max_chars, first_chars):
+    for chunk in split_text(text, max_chars, first_chars, settings.chunk_growth):
         try:
             ids = tokenizer.encode(preprocess(chunk.text, language))
         except EmptyTextError:

@@ -241,3 +241,16 @@ def test_thread_runs_jobs_and_calls_then_stop_fails_leftovers() -> None:
     s.stop()
     with pytest.raises(SchedulerStopped):
         s.submit(make_job(Ticket(2), Priority.HIGH, 0.0, out))
+
+
+def test_token_budget_bounds_a_batch_but_always_admits_one_job() -> None:
+    clock = FakeClock()
+    engine = FakeEngine()
+    s = started(Scheduler(engine, max_batch=8, max_batch_tokens=100, max_wait_s=0, clock=clock))
+    out: list = []
+    for rid, tokens in ((1, 60), (2, 60), (3, 30), (4, 250)):
+        s.submit(make_job(Ticket(rid), Priority.NORMAL, clock.now + rid, out, n_tokens=tokens))
+    assert s.step(block=False).request_ids == (1,)  # 2 would overflow; order is kept
+    assert s.step(block=False).request_ids == (2, 3)
+    assert s.step(block=False).request_ids == (4,)  # alone over budget: still served
+    assert s.queued() == 0

@@ -34,8 +34,14 @@ def random_text(rng: random.Random) -> str:
     return "".join(parts)
 
 
-def limits(chunks: list[TextChunk], max_chars: int, first_max_chars: int) -> list[int]:
-    return [min(first_max_chars, max_chars)] + [max_chars] * (len(chunks) - 1)
+def limits(
+    chunks: list[TextChunk], max_chars: int, first_max_chars: int, growth: float = 2.0
+) -> list[int]:
+    """Each chunk's limit: the first limit, then growth x the previous limit, up to max."""
+    out = [min(first_max_chars, max_chars)]
+    for _ in chunks[:-1]:
+        out.append(min(max_chars, int(out[-1] * growth)))
+    return out
 
 
 def assert_invariants(text: str, chunks: list[TextChunk], max_chars: int, first: int) -> None:
@@ -61,12 +67,12 @@ def assert_invariants(text: str, chunks: list[TextChunk], max_chars: int, first:
 def assert_words_kept_whole(text: str, chunks: list[TextChunk], max_chars: int, first: int) -> None:
     """A split with no whitespace gap may only fall inside a word longer than the limit."""
     words = [m.span() for m in re.finditer(r"\S+", text)]
+    bounds = limits(chunks, max_chars, first)
     for i, (prev, nxt) in enumerate(itertools.pairwise(chunks)):
         if prev.end != nxt.start:
             continue
         start, end = next((s, e) for s, e in words if s < prev.end < e)
-        limit = min(first, max_chars) if i == 0 else max_chars
-        assert end - start > limit, f"split inside {text[start:end]!r}"
+        assert end - start > bounds[i], f"split inside {text[start:end]!r}"
 
 
 @pytest.mark.parametrize("seed", range(300))
@@ -95,10 +101,11 @@ def test_short_sentences_are_packed_greedily(seed: int) -> None:
     chunks = split_text(text, max_chars=max_chars, first_max_chars=50)
     assert_invariants(text, chunks, max_chars, 50)
     assert all(c.text.endswith(".") for c in chunks), "chunks end at sentence boundaries"
-    # Adding the next chunk's first sentence to any later chunk would overflow the limit.
-    for prev, nxt in itertools.pairwise(chunks[1:]):
+    # Adding the next chunk's first sentence to any chunk would overflow that chunk's limit.
+    bounds = limits(chunks, max_chars, 50)
+    for i, (prev, nxt) in enumerate(itertools.pairwise(chunks)):
         first_sentence_end = nxt.start + nxt.text.index(".") + 1
-        assert first_sentence_end - prev.start > max_chars
+        assert first_sentence_end - prev.start > bounds[i]
 
 
 def test_short_text_is_one_chunk() -> None:
@@ -110,11 +117,24 @@ def test_blank_text_gives_no_chunks() -> None:
     assert split_text(" \n\t ") == []
 
 
-def test_first_chunk_ends_at_first_sentence() -> None:
+def test_first_chunk_packs_whole_sentences_up_to_its_limit() -> None:
     text = "Hello there. " + "This is a longer sentence that keeps going for a while. " * 5
     chunks = split_text(text, max_chars=300, first_max_chars=100)
-    assert chunks[0].text == "Hello there."
-    assert len(chunks) == 2  # everything else fits one full chunk
+    assert chunks[0].text == "Hello there. This is a longer sentence that keeps going for a while."
+    assert len(chunks[1].text) <= 200
+
+
+def test_chunks_grow_geometrically_so_each_is_ready_before_the_previous_ends() -> None:
+    text = "Hi. " + " ".join(f"Sentence {i} keeps the story going." for i in range(60))
+    chunks = split_text(text, max_chars=300, first_max_chars=100)
+    sizes = [len(c.text) for c in chunks]
+    assert sizes[0] <= 100
+    for size, limit in zip(sizes, limits(chunks, 300, 100), strict=True):
+        assert size <= limit
+    assert max(sizes) > 200  # it does reach the full size for long texts
+    assert split_text(text, 300, 100, growth=1.0) != chunks
+    with pytest.raises(ValueError, match="growth"):
+        split_text(text, 300, 100, growth=0.5)
 
 
 def test_first_chunk_falls_back_to_clause_then_words() -> None:
@@ -172,9 +192,8 @@ def test_long_sentence_splits_at_clauses() -> None:
     text = "First part of it, second part of it; third part: and a final part - done."
     chunks = split_text(text, max_chars=40, first_max_chars=40)
     assert [c.text for c in chunks] == [
-        "First part of it,",
-        "second part of it; third part:",
-        "and a final part - done.",
+        "First part of it, second part of it;",
+        "third part: and a final part - done.",
     ]
 
 
@@ -186,7 +205,7 @@ def test_a_2000_char_word_is_hard_cut() -> None:
     assert chunks[0].text == "Start here."
     assert "".join(c.text for c in chunks[1:-1]) == word
     assert chunks[-1].text == "end."
-    assert all(len(c.text) == 300 for c in chunks[1:7])
+    assert [len(c.text) for c in chunks[1:8]] == [200, *[300] * 6]
 
 
 def test_hard_cut_keeps_combining_marks_with_their_letter() -> None:

@@ -121,6 +121,16 @@ class _Segmenter:
                 piece_start = gap_end
         yield piece_start, end
 
+    def window_end(self, start: int, limit: int, end: int) -> int:
+        """The first sentence break at or after ``start + limit`` (else ``end``): the first
+        chunk packed from ``start`` never depends on text beyond it, so splitting only up
+        to there keeps chunk-by-chunk splitting linear in the text length."""
+        i = bisect.bisect_left(self.starts, start + limit)
+        for gap_start, _, gap_level in self.breaks[i:]:
+            if gap_level >= _SENTENCE:
+                return min(gap_start, end)
+        return end
+
     def hard_cut(self, start: int, end: int, limit: int) -> list[tuple[int, int]]:
         spans = []
         while end - start > limit:
@@ -174,29 +184,38 @@ class _Segmenter:
         return start, word_end
 
 
-def split_text(text: str, max_chars: int = 300, first_max_chars: int = 100) -> list[TextChunk]:
+def split_text(
+    text: str, max_chars: int = 300, first_max_chars: int = 100, growth: float = 2.0
+) -> list[TextChunk]:
     """Split ``text`` into chunks of at most ``max_chars`` code points, in order.
 
-    The first chunk is at most ``first_max_chars`` (clamped to ``max_chars``) and ends at the
-    earliest sentence or clause break so audio can start quickly; later chunks pack whole
-    sentences greedily. Chunks are stripped, never empty, and only split a word when that word
-    alone exceeds the limit. Whitespace-only text gives ``[]``.
+    The first chunk is at most ``first_max_chars`` (clamped to ``max_chars``) so audio can
+    start quickly. Each later chunk's limit is ``growth`` times the previous one's, up to
+    ``max_chars``: a chunk is synthesized while the previous one plays, so a long chunk right
+    after a short one would leave the listener in silence. Chunks pack whole sentences
+    greedily, break long sentences at clauses, then words, are stripped, never empty, and
+    only split a word when that word alone exceeds the limit. Whitespace-only text gives ``[]``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
     for name, value in (("max_chars", max_chars), ("first_max_chars", first_max_chars)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not growth >= 1.0:
+        raise ValueError(f"growth must be >= 1.0, got {growth!r}")
     first_limit = min(first_max_chars, max_chars)
 
     seg = _Segmenter(text)
     start, end = seg.bounds
     if start == end:
         return []
-    spans = [seg.first(start, end, first_limit)]
-    rest = spans[0][1]
-    while rest < end and text[rest].isspace():
-        rest += 1
-    if rest < end:
-        spans += seg.split(rest, end, max_chars, _SENTENCE)
+    spans: list[tuple[int, int]] = []
+    rest, limit = start, first_limit
+    while rest < end:
+        span = seg.split(rest, seg.window_end(rest, limit, end), limit, _SENTENCE)[0]
+        spans.append(span)
+        limit = min(max_chars, int(limit * growth))
+        rest = span[1]
+        while rest < end and text[rest].isspace():
+            rest += 1
     return [TextChunk(text[s:e], s, e) for s, e in spans]
