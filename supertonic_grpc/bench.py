@@ -1,10 +1,15 @@
-"""Engine-only benchmark: real-time factor by batch size, eager vs torch.compile, side by side.
+"""`make bench`: the engine alone by batch size (eager, and compiled with `--compile`), then
+the real server under saturating load at the same batch sizes, so that serving overhead is
+one ratio (server throughput / engine throughput); see `bench_serving`.
 
 Runs the full-size model (real weights when found, else the demo bundle with demo pacing, so
 latent lengths and therefore timings match real speech) on ~100-character English chunks.
 The real-time factor here is audio seconds per wall second: higher is faster, 1.0 is just
 keeping up. It also times "one first chunk alone" (batch 1, ~40 characters), the floor
 under the server's time to first audio. Writes `bench.json` and `bench.md` to `--out-dir`.
+
+torch.compile is opt-in (`--compile`): on a CPU it takes minutes to warm up for about 10%,
+which would more than double the default run.
 """
 
 from __future__ import annotations
@@ -16,14 +21,19 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
 
+from loadtest.spawn import SpawnError
+from supertonic_grpc import bench_serving
+from supertonic_grpc.bench_serving import ServingConfig, ServingRow
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, EngineError, Utterance
 from supertonic_grpc.text import preprocess
@@ -70,6 +80,12 @@ class Report:
     first_chunk_seconds: dict[str, float]  # mode -> median wall time of the 40-char chunk alone
     warmup_seconds: dict[str, float]  # mode -> warm-up time (compilation for "compiled")
     compile_error: str = ""
+    compile_note: str = ""  # why there is no compiled row, when it was not asked for
+    serving: list[ServingRow] = field(default_factory=list)
+    serving_config: dict[str, Any] = field(default_factory=dict)
+    serving_note: str = ""
+    onnxruntime_rtf: dict[int, float] = field(default_factory=dict)
+    onnxruntime_note: str = ""
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -90,6 +106,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
         "dtype": "float32",
+        # Other work on the machine skews every figure; the report shows how busy it was.
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -121,7 +139,7 @@ def _timed(engine: Engine, items: list[Utterance]) -> tuple[float, float]:
 def _engines(bundle: ModelBundle, args: argparse.Namespace) -> dict[str, Engine]:
     pacing = DEMO_CHARS_PER_SECOND if bundle.is_demo else None
     engines = {EAGER: Engine(bundle.model, device=args.device, demo_pacing=pacing)}
-    if not args.no_compile:
+    if args.compile and not args.no_compile:
         engines[COMPILED] = Engine(
             bundle.model, device=args.device, compile=True, length_multiple=16, demo_pacing=pacing
         )
@@ -162,7 +180,8 @@ def run(args: argparse.Namespace) -> Report:
     device = next(iter(engines.values())).device
     report = Report(
         machine_info(device),
-        bool(args.flush_denormal),
+        # The engine flushes denormals itself on CPU; the flag matters only elsewhere.
+        bool(args.flush_denormal) or device.type == "cpu",
         bundle.state,
         args.steps,
         args.repeats,
@@ -195,7 +214,56 @@ def run(args: argparse.Namespace) -> Report:
         report.first_chunk_seconds[mode] = statistics.median(
             _timed(engine, first)[0] for _ in range(args.repeats)
         )
+    if COMPILED not in engines and not report.compile_error:
+        report.compile_note = (
+            "compiled phase not run (pass --compile): on CPU torch.compile takes minutes "
+            "to warm up for a small gain (about 10% per the issue)"
+        )
+    if engines[EAGER].device.type == "cpu":
+        with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
+            report.onnxruntime_rtf, report.onnxruntime_note = bench_serving.onnxruntime_rtf(
+                engines[EAGER], batches, args.repeats, Path(tmp)
+            )
+    else:
+        report.onnxruntime_note = "onnxruntime baseline is CPU only; not run on " + str(device)
+    if args.no_serving:
+        report.serving_note = "serving phase skipped (--no-serving)"
+    else:
+        _serve(args, report, sizes)
     return report
+
+
+def eager_rtf(report: Report) -> dict[int, float]:
+    """Batch size -> the eager engine's RTF, the denominator of the serving ratio."""
+    return {r.batch_size: r.rtf for r in report.rows if r.mode == EAGER}
+
+
+def _serve(args: argparse.Namespace, report: Report, sizes: list[int]) -> None:
+    cfg = ServingConfig(
+        batch_sizes=sizes,
+        texts=TEXTS,
+        voices=VOICES,
+        steps=args.steps,
+        seconds=args.serving_seconds,
+        warmup_s=args.serving_warmup,
+        clients=args.serving_clients,
+        device=args.device,
+        model_dir=args.model_dir,
+        log_dir=Path(args.out_dir) / "bench-serving",
+    )
+    report.serving_config = {
+        "steps": cfg.steps,
+        "seconds": cfg.seconds,
+        "warmup_s": cfg.warmup_s,
+        "clients": cfg.clients or "2B+2",
+        "max_wait_ms": bench_serving.MAX_WAIT_MS,
+    }
+    try:
+        report.serving = bench_serving.run_serving(cfg, eager_rtf(report))
+    except (SpawnError, OSError, grpc.RpcError) as exc:
+        # The engine figures are still worth writing; say why the serving table is missing.
+        report.serving_note = f"serving phase FAILED: {type(exc).__name__}: {exc}"
+        log.error("%s", report.serving_note)
 
 
 def _ratio(report: Report, n: int) -> float | None:
@@ -213,6 +281,7 @@ def render_markdown(report: Report) -> str:
         "",
         f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
         f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}",
+        f"- load average (1 min) at start: {m.get('load_1min_at_start', 'n/a')}",
         f"- torch {m['torch']}, Python {m['python']}, {m['dtype']}, flush denormals: "
         f"{'on' if report.flush_denormal else 'off'}",
         f"- model: {report.model_state} weights"
@@ -239,6 +308,16 @@ def render_markdown(report: Report) -> str:
         lines.append(f"- {mode} {what} (excluded from timings): {sec:.1f} s")
     if report.compile_error:
         lines.append(f"- torch.compile FAILED: {report.compile_error}")
+    if report.compile_note:
+        lines.append(f"- {report.compile_note}")
+    if report.onnxruntime_rtf:
+        ort = ", ".join(f"batch {n}: {v:.2f}" for n, v in sorted(report.onnxruntime_rtf.items()))
+        lines.append(f"- onnxruntime CPU baseline (same networks exported to ONNX), RTF {ort}")
+    if report.onnxruntime_note:
+        lines.append(f"- onnxruntime baseline: {report.onnxruntime_note}")
+    lines += bench_serving.render_serving(report.serving, report.serving_config)
+    if report.serving_note:
+        lines += ["", f"- {report.serving_note}"]
     return "\n".join(lines) + "\n"
 
 
@@ -249,6 +328,7 @@ def write_reports(report: Report, out_dir: Path) -> tuple[Path, Path]:
     data["compiled_over_eager"] = {
         str(n): _ratio(report, n) for n in sorted({r.batch_size for r in report.rows})
     }
+    data["serving_over_engine"] = {str(r.batch_size): r.ratio for r in report.serving}
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     md_path.write_text(render_markdown(report))
@@ -260,7 +340,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", default="1,4,8", help="comma-separated (default 1,4,8)")
     p.add_argument("--steps", type=int, default=5, help="flow steps (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per point (median)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs")
+    p.add_argument(
+        "--compile", action="store_true", help="also time torch.compile (minutes on CPU)"
+    )
+    p.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile (the default; wins)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument(
@@ -268,6 +353,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model-dir", default="", help="published model files (default: cache)")
     p.add_argument("--out-dir", default="reports", help="where bench.json/bench.md go")
+    serving = p.add_argument_group("serving phase (the spawned server under saturating load)")
+    serving.add_argument(
+        "--no-serving", action="store_true", help="skip the serving phase (engine only)"
+    )
+    serving.add_argument(
+        "--serving-seconds", type=_positive, default=25.0, help="measured window per batch size"
+    )
+    serving.add_argument(
+        "--serving-warmup", type=_positive, default=6.0, help="uncounted seconds before it"
+    )
+    serving.add_argument(
+        "--serving-clients", type=_count, default=0, help="concurrent clients (0: 2 x batch + 2)"
+    )
+
+
+def _count(text: str) -> int:
+    """An integer flag that must be >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A float flag that must be > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
