@@ -190,11 +190,12 @@ def split_text(
     """Split ``text`` into chunks of at most ``max_chars`` code points, in order.
 
     The first chunk is at most ``first_max_chars`` (clamped to ``max_chars``) so audio can
-    start quickly. Each later chunk's limit is ``growth`` times the previous one's, up to
-    ``max_chars``: a chunk is synthesized while the previous one plays, so a long chunk right
-    after a short one would leave the listener in silence. Chunks pack whole sentences
-    greedily, break long sentences at clauses, then words, are stripped, never empty, and
-    only split a word when that word alone exceeds the limit. Whitespace-only text gives ``[]``.
+    start quickly. Each later chunk's limit is about ``growth`` times the previous chunk's
+    length, up to ``max_chars``: a chunk is synthesized while the previous one plays, so a
+    long chunk right after a short one would leave the listener in silence. Chunks pack
+    whole sentences greedily, break long sentences at clauses, then words, are stripped,
+    never empty, and only split a word when that word alone exceeds the limit.
+    Whitespace-only text gives ``[]``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
@@ -212,9 +213,19 @@ def split_text(
     spans: list[tuple[int, int]] = []
     rest, limit = start, first_limit
     while rest < end:
-        span = seg.split(rest, seg.window_end(rest, limit, end), limit, _SENTENCE)[0]
+        window = seg.window_end(rest, limit, end)
+        # Whole sentences when they fill the chunk reasonably; a short sentence followed by a
+        # long one is packed with the long one's first clauses instead, because a tiny chunk
+        # plays too briefly to hide the next chunk's synthesis. (Not words: a cut mid-clause
+        # would end in a falling, sentence-final tone.)
+        for level in (_SENTENCE, _CLAUSE):
+            span = seg.split(rest, window, limit, level)[0]
+            if (span[1] - span[0]) * 3 >= limit:
+                break
         spans.append(span)
-        limit = min(max_chars, int(limit * growth))
+        # The next chunk is synthesized while this one plays: its size follows this one's.
+        size = span[1] - span[0]
+        limit = min(max_chars, max(first_limit, int(size * growth) + first_limit // 2))
         rest = span[1]
         while rest < end and text[rest].isspace():
             rest += 1
