@@ -116,6 +116,21 @@ class _Queues:
         return len(self.high) + len(self.normal)
 
 
+@dataclass
+class _BatchBuild:
+    """A batch being formed: its jobs, their tokens, and the earliest NORMAL deadline."""
+
+    jobs: list[Job] = field(default_factory=list)
+    tokens: int = 0
+    floor: float = float("inf")
+
+    def add(self, job: Job) -> None:
+        self.jobs.append(job)
+        self.tokens += len(job.utterance.token_ids)
+        if job.priority is Priority.NORMAL:
+            self.floor = min(self.floor, job.deadline)
+
+
 class Scheduler:
     """Batches jobs from many requests into engine calls on one thread."""
 
@@ -153,6 +168,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._running = False
         self._batch_ema_s = 0.0
+        self._sec_per_token = 0.0  # learned cost model for deadline-feasible batching
         self._audio_rate = 0.0  # audio seconds per compute second, for retry hints
 
     # --- the event-loop side (any thread) ----------------------------------------------
@@ -299,49 +315,57 @@ class Scheduler:
         return None
 
     def _take(
-        self,
-        heap: list[tuple[float, int, Job]],
-        chosen: list[Job],
-        dropped: list[Job],
-        budget: list[int],
+        self, heap: list[tuple[float, int, Job]], build: _BatchBuild, dropped: list[Job]
     ) -> bool:
-        """Move the heap's best live job into `chosen` if the batch has room for it."""
+        """Move the heap's best live job into the batch if it fits; False when it does not."""
         job = self._pop_live(heap, dropped)
         if job is None:
             return False
-        cost = len(job.utterance.token_ids)
-        if chosen and (len(chosen) >= self.max_batch or cost > budget[0]):
-            heapq.heappush(
-                heap, (job.deadline if heap is self._q.normal else job.submitted, job.seq, job)
-            )
+        if build.jobs and not self._fits(job, build):
+            key = job.deadline if heap is self._q.normal else job.submitted
+            heapq.heappush(heap, (key, job.seq, job))
             return False
-        chosen.append(job)
-        budget[0] -= cost
+        build.add(job)
         return True
+
+    def _fits(self, job: Job, build: _BatchBuild) -> bool:
+        cost = len(job.utterance.token_ids)
+        if len(build.jobs) >= self.max_batch or build.tokens + cost > self.max_batch_tokens:
+            return False
+        if not self._sec_per_token:
+            return True
+        # Deadline-feasible batching: a job with slack must not make the batch finish after
+        # a deadline it would otherwise meet (one listener's gap to save another's slack).
+        # Past deadlines no longer constrain it: then throughput is what helps most.
+        floor = build.floor
+        if job.priority is Priority.NORMAL:
+            floor = min(floor, job.deadline)
+        now = self.clock()
+        alone = now + self._sec_per_token * build.tokens
+        together = now + self._sec_per_token * (build.tokens + cost)
+        return not (alone <= floor < together)
 
     def _select(self) -> tuple[list[Job], BatchDecision | None]:
         now = self.clock()
         # A later chunk is urgent when waiting one more batch would make its listener run
         # dry: its deadline is closer than about the time one batch takes.
         urgent_window = max(0.25, 1.5 * self._batch_ema_s)
-        chosen: list[Job] = []
+        build = _BatchBuild()
         dropped: list[Job] = []
-        # Tokens left in this batch: bounds how long a batch runs, and so how long a new
-        # listener can wait behind one on a CPU, where a batch costs about its size.
-        budget = [self.max_batch_tokens]
         urgent = 0
         # 1. Listeners about to run out of audio.
         while self._q.normal and self._q.normal[0][0] - now <= urgent_window:
-            if not self._take(self._q.normal, chosen, dropped, budget):
+            if not self._take(self._q.normal, build, dropped):
                 break
             urgent += 1
         # 2. First chunks, oldest first.
-        while self._q.high and self._take(self._q.high, chosen, dropped, budget):
+        while self._q.high and self._take(self._q.high, build, dropped):
             pass
         # 3. Later chunks by deadline, unless that would slow down first chunks.
-        if self.mix_priorities or not any(j.priority is Priority.HIGH for j in chosen):
-            while self._q.normal and self._take(self._q.normal, chosen, dropped, budget):
+        if self.mix_priorities or not any(j.priority is Priority.HIGH for j in build.jobs):
+            while self._q.normal and self._take(self._q.normal, build, dropped):
                 pass
+        chosen = build.jobs
         self._update_depth()
         waiting = len(self._q)
         if not chosen:
@@ -375,6 +399,10 @@ class Scheduler:
         compute = self.clock() - start
         self._batch_ema_s = (
             compute if not self._batch_ema_s else 0.8 * self._batch_ema_s + 0.2 * compute
+        )
+        per_token = compute / max(1, sum(len(j.utterance.token_ids) for j in jobs))
+        self._sec_per_token = (
+            per_token if not self._sec_per_token else 0.8 * self._sec_per_token + 0.2 * per_token
         )
         decision = dataclasses.replace(decision, compute_s=compute, error=str(error or ""))
         self.history.append(decision)

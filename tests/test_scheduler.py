@@ -254,3 +254,24 @@ def test_token_budget_bounds_a_batch_but_always_admits_one_job() -> None:
     assert s.step(block=False).request_ids == (2, 3)
     assert s.step(block=False).request_ids == (4,)  # alone over budget: still served
     assert s.queued() == 0
+
+
+def test_a_job_with_slack_does_not_join_a_batch_it_would_make_late() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(), max_batch=8, max_wait_s=0, clock=clock))
+    s._sec_per_token = 0.01  # as learned from earlier batches
+    out: list = []
+    s.submit(make_job(Ticket(1), Priority.NORMAL, clock.now + 1.0, out, n_tokens=50))
+    s.submit(make_job(Ticket(2), Priority.NORMAL, clock.now + 30, out, n_tokens=100))
+    assert s.step(block=False).request_ids == (1,)  # together: 1.5 s > the 1.0 s deadline
+    assert s.step(block=False).request_ids == (2,)
+
+
+def test_a_deadline_already_lost_does_not_stop_batching_for_throughput() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(), max_batch=8, max_wait_s=0, clock=clock))
+    s._sec_per_token = 0.01
+    out: list = []
+    s.submit(make_job(Ticket(1), Priority.NORMAL, clock.now + 0.1, out, n_tokens=50))
+    s.submit(make_job(Ticket(2), Priority.NORMAL, clock.now + 30, out, n_tokens=100))
+    assert s.step(block=False).request_ids == (1, 2)
