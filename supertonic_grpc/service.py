@@ -303,7 +303,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         except asyncio.CancelledError:
             code = _cancel_code(context)
             raise
-        except _Abort as ab:
+        except RequestError as ab:
             code = ab.code
             await context.abort(ab.code, ab.message)
         finally:
@@ -329,7 +329,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             try:
                 result = await stream.futures[k]
             except Exception as exc:
-                raise _Abort(*_status_for(exc)) from exc
+                raise RequestError(*_status_for(exc)) from exc
             samples = result.synthesized.audio
             if resampler is not None:
                 tail = k == len(plan.chunks) - 1
@@ -446,10 +446,3 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             default_voice=self.voices.default,
             languages=list(LANGUAGES),
         )
-
-
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
