@@ -73,7 +73,7 @@ def test_first_chunk_arrives_before_the_last_chunk_is_computed(live_server) -> N
 
 
 def test_concurrent_requests_are_batched_and_keep_their_own_audio(make_server) -> None:
-    server = make_server(max_wait_ms=300)
+    server = make_server(max_wait_ms=1000)
     stub = stub_for(server.address)
     voices = ["M1", "F2", "M1", "F3"]
     results: dict[int, bytes] = {}
