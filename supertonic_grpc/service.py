@@ -1,9 +1,9 @@
 """The TextToSpeech servicer: validate, submit chunks to the scheduler, stream audio back.
 
-A stream keeps at most `lookahead_chunks` of its chunks queued or computing: the first at
-HIGH priority, the rest at NORMAL with the time its listener would run out of audio as
-deadline. Each sent chunk frees a slot for the next, so the next chunk is ready before the
-previous one ends, without one long text flooding the queue ahead of new listeners.
+A stream keeps at most `lookahead_chunks` of its chunks queued or computing (see
+`streams.ChunkStream`); each sent chunk frees a slot for the next, so the next chunk is ready
+before the previous one ends, without one long text flooding the queue ahead of new
+listeners.
 """
 
 from __future__ import annotations
@@ -21,24 +21,16 @@ import numpy as np
 
 from supertonic_grpc import audio
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
-from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, EngineError
+from supertonic_grpc.engine import EngineError
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.playback import PlaybackClock
-from supertonic_grpc.scheduler import (
-    Job,
-    JobResult,
-    Priority,
-    QueueFull,
-    Scheduler,
-    SchedulerStopped,
-    Ticket,
-)
+from supertonic_grpc.scheduler import JobResult, QueueFull, Scheduler, SchedulerStopped
 from supertonic_grpc.settings import Settings
+from supertonic_grpc.streams import ChunkStream
 from supertonic_grpc.text import LANGUAGES, Tokenizer
 from supertonic_grpc.validation import (
     NATIVE_RATE,
     Plan,
-    PlannedChunk,
     RequestError,
     plan_request,
     proto_encoding,
@@ -55,58 +47,6 @@ class ModelInfo:
     state: str  # "real" or "demo"
     version: str
     sample_rate: int = NATIVE_RATE
-
-
-def _estimate_seconds(chunk: PlannedChunk) -> float:
-    # Before synthesis only the text is known; a natural speaking rate is a fair guess.
-    return max(0.3, len(chunk.text.text) / DEMO_CHARS_PER_SECOND / chunk.utterance.speed)
-
-
-class _Stream:
-    """One request's chunks in flight: futures in order, a ticket for cancellation."""
-
-    def __init__(self, service: TextToSpeechService, plan: Plan, started: float) -> None:
-        self.service = service
-        self.plan = plan
-        self.started = started
-        self.ticket = Ticket(next(service._ids))
-        self.loop = asyncio.get_running_loop()
-        self.futures: list[asyncio.Future[JobResult]] = []
-        self.estimates = [_estimate_seconds(c) for c in plan.chunks]
-
-    def submit_next(self, clock: PlaybackClock | None) -> None:
-        """Queue the next chunk; its deadline is when its listener would run out of audio."""
-        k = len(self.futures)
-        if k >= len(self.plan.chunks):
-            return
-        fut: asyncio.Future[JobResult] = self.loop.create_future()
-        now = time.monotonic()
-        if clock is not None and clock.started:
-            sent = clock.chunks
-            deadline = clock.deadline(now) + sum(self.estimates[sent:k])
-        else:
-            # Playback has not started: it will, once the first chunk's batch is done.
-            first_audio = now + self.service.scheduler.expected_batch_s()
-            deadline = first_audio + sum(self.estimates[:k])
-        job = Job(
-            utterance=self.plan.chunks[k].utterance,
-            priority=Priority.HIGH if k == 0 else Priority.NORMAL,
-            deadline=deadline,
-            ticket=self.ticket,
-            on_done=lambda outcome, f=fut: self.loop.call_soon_threadsafe(_resolve, f, outcome),
-        )
-        # Only a request's first chunk can be refused: a running stream always continues.
-        self.service.scheduler.submit(job, force=k > 0)
-        self.futures.append(fut)
-
-
-def _resolve(fut: asyncio.Future[JobResult], outcome: JobResult | BaseException) -> None:
-    if fut.done():
-        return
-    if isinstance(outcome, BaseException):
-        fut.set_exception(outcome)
-    else:
-        fut.set_result(outcome)
 
 
 def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -276,7 +216,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         except RequestError as err:
             await self._reject(context, rpc, err)
             return
-        stream = _Stream(self, plan, started)
+        stream = ChunkStream(self.scheduler, plan, started, next(self._ids))
         try:
             stream.submit_next(None)
         except QueueFull as exc:
@@ -314,7 +254,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             self.metrics.requests_total.labels(rpc, code.name).inc()
 
     async def _stream(
-        self, stream: _Stream, context: grpc.aio.ServicerContext
+        self, stream: ChunkStream, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         plan = stream.plan
         clock = PlaybackClock()
@@ -376,7 +316,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                 else None,
             )
             raise AssertionError("unreachable") from None
-        stream = _Stream(self, plan, started)
+        stream = ChunkStream(self.scheduler, plan, started, next(self._ids))
         self.active += 1
         self.metrics.active_streams.inc()
         code = grpc.StatusCode.OK
