@@ -6,10 +6,14 @@ Prometheus library and its parsing is testable on a literal string.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import urllib.error
 import urllib.request
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -82,6 +86,17 @@ def scrape(url: str, timeout_s: float = 5.0) -> Samples:
     except (urllib.error.URLError, TimeoutError) as exc:
         raise OSError(f"cannot read metrics from {url}: {exc}") from exc
     return parse_metrics(body)
+
+
+async def scrape_or_none(url: str | None) -> Samples | None:
+    """`scrape` off the event loop; None (with a warning) when there is no usable endpoint."""
+    if not url:
+        return None
+    try:
+        return await asyncio.to_thread(scrape, url)
+    except (OSError, ValueError) as exc:
+        log.warning("metrics unavailable: %s", exc)
+        return None
 
 
 def _delta(before: Samples, after: Samples, name: str) -> float | None:

@@ -172,16 +172,6 @@ async def _user(
             await asyncio.sleep(_ERROR_BACKOFF_S)
 
 
-async def _scrape(url: str | None) -> prom.Samples | None:
-    if not url:
-        return None
-    try:
-        return await asyncio.to_thread(prom.scrape, url)
-    except (OSError, ValueError) as exc:
-        log.warning("metrics unavailable: %s", exc)
-        return None
-
-
 @dataclass
 class LevelResult:
     """One concurrency level: its raw records, its figures and the server's counters."""
@@ -197,7 +187,7 @@ async def run_level(
     cfg: RunConfig, stubs: list[tts_pb2_grpc.TextToSpeechStub], picker: TextPicker, users: int
 ) -> LevelResult:
     """Run ``users`` concurrent users for one level and summarize it."""
-    before = await _scrape(cfg.metrics_url)
+    before = await prom.scrape_or_none(cfg.metrics_url)
     records: list[StreamRecord] = []
     cpu0, t0 = time.process_time(), time.monotonic()
     stop_at = t0 + cfg.duration_s
@@ -212,7 +202,7 @@ async def run_level(
     await asyncio.gather(*tasks, return_exceptions=True)
     wall = max(time.monotonic() - t0, 1e-9)
     cpu = time.process_time() - cpu0
-    after = await _scrape(cfg.metrics_url)
+    after = await prom.scrape_or_none(cfg.metrics_url)
     summarize = summarize_unary if cfg.mode == "unary" else summarize_streams
     figures = summarize(records, wall, cfg.tolerance_s)
     figures["client_cpu_cores"] = cpu / wall

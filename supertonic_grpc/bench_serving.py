@@ -232,14 +232,6 @@ async def _client(
             rec.end = time.monotonic()
 
 
-async def _scrape(url: str) -> prom.Samples | None:
-    try:
-        return await asyncio.to_thread(prom.scrape, url)
-    except (OSError, ValueError) as exc:
-        log.warning("metrics unavailable: %s", exc)
-        return None
-
-
 async def _measure(
     server: SpawnedServer, cfg: ServingConfig, batch_size: int, engine_rtf: float | None
 ) -> ServingRow:
@@ -255,9 +247,9 @@ async def _measure(
             for i in range(clients)
         ]
         await asyncio.sleep(cfg.warmup_s)  # uncounted: the first batches form unevenly
-        before, t0 = await _scrape(server.metrics_url), time.monotonic()
+        before, t0 = await prom.scrape_or_none(server.metrics_url), time.monotonic()
         await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
-        after, t1 = await _scrape(server.metrics_url), time.monotonic()
+        after, t1 = await prom.scrape_or_none(server.metrics_url), time.monotonic()
         # Cancelling drops the queued work, so the server drains in one batch time.
         for task in tasks:
             task.cancel()
