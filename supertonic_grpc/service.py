@@ -173,6 +173,8 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             text_end=c.end,
             audio_offset_seconds=offset,
             duration_seconds=result.synthesized.duration_s,
+            piece=0,
+            last_piece=True,
             timings=tts_pb2.ChunkTimings(
                 queue_seconds=result.queue_s,
                 compute_seconds=result.compute_s,

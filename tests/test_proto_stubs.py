@@ -124,7 +124,12 @@ def test_generated_python_modules_expose_service_api() -> None:
     assert isinstance(tts_pb2_grpc.TextToSpeechStub, type)
     assert tts_pb2.SynthesizeRequest.__module__ == "supertonic_grpc._proto.supertonic.v1.tts_pb2"
     service = tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"]
-    assert [m.name for m in service.methods] == ["Synthesize", "SynthesizeOnce", "ListVoices"]
+    assert [m.name for m in service.methods] == [
+        "Synthesize",
+        "SynthesizeOnce",
+        "StreamingSynthesize",
+        "ListVoices",
+    ]
     request = tts_pb2.SynthesizeRequest(text="hi", seed=7)
     assert tts_pb2.SynthesizeRequest.FromString(request.SerializeToString()).seed == 7
 

@@ -20,8 +20,15 @@ type TextToSpeechClient interface {
 	// Streams audio chunk by chunk as soon as each is synthesized, in order, then one
 	// final message with totals.
 	Synthesize(ctx context.Context, in *SynthesizeRequest, opts ...grpc.CallOption) (TextToSpeech_SynthesizeClient, error)
-	// Returns the whole clip in one reply, for batch jobs.
+	// Returns the whole clip in one reply, for batch jobs. A reply that could not fit in
+	// one gRPC message is refused with INVALID_ARGUMENT before any compute: use Synthesize.
 	SynthesizeOnce(ctx context.Context, in *SynthesizeRequest, opts ...grpc.CallOption) (*SynthesizeOnceResponse, error)
+	// Text in as it is written (an LLM's reply, token by token), audio out as soon as each
+	// sentence is complete. The first request message carries the config, later ones text
+	// fragments or flushes; half-closing the request stream means "no more text": what is
+	// buffered is spoken, then the summary ends the call. Cancelling the call (barge-in)
+	// drops its queued work before the next model step.
+	StreamingSynthesize(ctx context.Context, opts ...grpc.CallOption) (TextToSpeech_StreamingSynthesizeClient, error)
 	// Lists the voices and whether the server runs the real model or demo weights.
 	ListVoices(ctx context.Context, in *ListVoicesRequest, opts ...grpc.CallOption) (*ListVoicesResponse, error)
 }
@@ -75,6 +82,37 @@ func (c *textToSpeechClient) SynthesizeOnce(ctx context.Context, in *SynthesizeR
 	return out, nil
 }
 
+func (c *textToSpeechClient) StreamingSynthesize(ctx context.Context, opts ...grpc.CallOption) (TextToSpeech_StreamingSynthesizeClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_TextToSpeech_serviceDesc.Streams[1], "/supertonic.v1.TextToSpeech/StreamingSynthesize", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &textToSpeechStreamingSynthesizeClient{stream}
+	return x, nil
+}
+
+type TextToSpeech_StreamingSynthesizeClient interface {
+	Send(*StreamingSynthesizeRequest) error
+	Recv() (*StreamingSynthesizeResponse, error)
+	grpc.ClientStream
+}
+
+type textToSpeechStreamingSynthesizeClient struct {
+	grpc.ClientStream
+}
+
+func (x *textToSpeechStreamingSynthesizeClient) Send(m *StreamingSynthesizeRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *textToSpeechStreamingSynthesizeClient) Recv() (*StreamingSynthesizeResponse, error) {
+	m := new(StreamingSynthesizeResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *textToSpeechClient) ListVoices(ctx context.Context, in *ListVoicesRequest, opts ...grpc.CallOption) (*ListVoicesResponse, error) {
 	out := new(ListVoicesResponse)
 	err := c.cc.Invoke(ctx, "/supertonic.v1.TextToSpeech/ListVoices", in, out, opts...)
@@ -91,8 +129,15 @@ type TextToSpeechServer interface {
 	// Streams audio chunk by chunk as soon as each is synthesized, in order, then one
 	// final message with totals.
 	Synthesize(*SynthesizeRequest, TextToSpeech_SynthesizeServer) error
-	// Returns the whole clip in one reply, for batch jobs.
+	// Returns the whole clip in one reply, for batch jobs. A reply that could not fit in
+	// one gRPC message is refused with INVALID_ARGUMENT before any compute: use Synthesize.
 	SynthesizeOnce(context.Context, *SynthesizeRequest) (*SynthesizeOnceResponse, error)
+	// Text in as it is written (an LLM's reply, token by token), audio out as soon as each
+	// sentence is complete. The first request message carries the config, later ones text
+	// fragments or flushes; half-closing the request stream means "no more text": what is
+	// buffered is spoken, then the summary ends the call. Cancelling the call (barge-in)
+	// drops its queued work before the next model step.
+	StreamingSynthesize(TextToSpeech_StreamingSynthesizeServer) error
 	// Lists the voices and whether the server runs the real model or demo weights.
 	ListVoices(context.Context, *ListVoicesRequest) (*ListVoicesResponse, error)
 	mustEmbedUnimplementedTextToSpeechServer()
@@ -107,6 +152,9 @@ func (UnimplementedTextToSpeechServer) Synthesize(*SynthesizeRequest, TextToSpee
 }
 func (UnimplementedTextToSpeechServer) SynthesizeOnce(context.Context, *SynthesizeRequest) (*SynthesizeOnceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SynthesizeOnce not implemented")
+}
+func (UnimplementedTextToSpeechServer) StreamingSynthesize(TextToSpeech_StreamingSynthesizeServer) error {
+	return status.Errorf(codes.Unimplemented, "method StreamingSynthesize not implemented")
 }
 func (UnimplementedTextToSpeechServer) ListVoices(context.Context, *ListVoicesRequest) (*ListVoicesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListVoices not implemented")
@@ -163,6 +211,32 @@ func _TextToSpeech_SynthesizeOnce_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TextToSpeech_StreamingSynthesize_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(TextToSpeechServer).StreamingSynthesize(&textToSpeechStreamingSynthesizeServer{stream})
+}
+
+type TextToSpeech_StreamingSynthesizeServer interface {
+	Send(*StreamingSynthesizeResponse) error
+	Recv() (*StreamingSynthesizeRequest, error)
+	grpc.ServerStream
+}
+
+type textToSpeechStreamingSynthesizeServer struct {
+	grpc.ServerStream
+}
+
+func (x *textToSpeechStreamingSynthesizeServer) Send(m *StreamingSynthesizeResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *textToSpeechStreamingSynthesizeServer) Recv() (*StreamingSynthesizeRequest, error) {
+	m := new(StreamingSynthesizeRequest)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func _TextToSpeech_ListVoices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListVoicesRequest)
 	if err := dec(in); err != nil {
@@ -199,6 +273,12 @@ var _TextToSpeech_serviceDesc = grpc.ServiceDesc{
 			StreamName:    "Synthesize",
 			Handler:       _TextToSpeech_Synthesize_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "StreamingSynthesize",
+			Handler:       _TextToSpeech_StreamingSynthesize_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "supertonic/v1/tts.proto",

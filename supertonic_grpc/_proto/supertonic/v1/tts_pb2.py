@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17supertonic/v1/tts.proto\x12\rsupertonic.v1\"U\n\x0b\x41udioConfig\x12.\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\"D\n\x0e\x43hunkingConfig\x12\x17\n\x0fmax_chunk_chars\x18\x01 \x01(\x05\x12\x19\n\x11\x66irst_chunk_chars\x18\x02 \x01(\x05\"\xdf\x01\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\r\n\x05speed\x18\x04 \x01(\x02\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x30\n\x0c\x61udio_config\x18\x06 \x01(\x0b\x32\x1a.supertonic.v1.AudioConfig\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12/\n\x08\x63hunking\x18\x08 \x01(\x0b\x32\x1d.supertonic.v1.ChunkingConfigB\x07\n\x05_seed\"R\n\x0c\x43hunkTimings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"\x8c\x02\n\nAudioChunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12.\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x12\n\ntext_start\x18\x06 \x01(\x05\x12\x10\n\x08text_end\x18\x07 \x01(\x05\x12\x1c\n\x14\x61udio_offset_seconds\x18\x08 \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\t \x01(\x01\x12,\n\x07timings\x18\n \x01(\x0b\x32\x1b.supertonic.v1.ChunkTimings\"\xcd\x02\n\x11SynthesizeSummary\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x05\x12\x15\n\raudio_seconds\x18\x02 \x01(\x01\x12#\n\x1btime_to_first_audio_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x05 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x06 \x01(\x01\x12\x16\n\x0esample_rate_hz\x18\x07 \x01(\x05\x12.\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\r\n\x05voice\x18\t \x01(\t\x12\x10\n\x08language\x18\n \x01(\t\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12.\n\x0bmodel_state\x18\x0c \x01(\x0e\x32\x19.supertonic.v1.ModelState\"~\n\x12SynthesizeResponse\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.supertonic.v1.AudioChunkH\x00\x12\x33\n\x07summary\x18\x02 \x01(\x0b\x32 .supertonic.v1.SynthesizeSummaryH\x00\x42\x07\n\x05\x65vent\"\xcd\x01\n\x16SynthesizeOnceResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12.\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\x05\x12)\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x19.supertonic.v1.AudioChunk\x12\x31\n\x07summary\x18\x05 \x01(\x0b\x32 .supertonic.v1.SynthesizeSummary\"\x13\n\x11ListVoicesRequest\"W\n\x05Voice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06gender\x18\x02 \x01(\t\x12\x11\n\tlanguages\x18\x03 \x03(\t\x12\x1d\n\x15native_sample_rate_hz\x18\x04 \x01(\x05\"\xab\x01\n\x12ListVoicesResponse\x12$\n\x06voices\x18\x01 \x03(\x0b\x32\x14.supertonic.v1.Voice\x12.\n\x0bmodel_state\x18\x02 \x01(\x0e\x32\x19.supertonic.v1.ModelState\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rdefault_voice\x18\x04 \x01(\t\x12\x11\n\tlanguages\x18\x05 \x03(\t*h\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07PCM_F32\x10\x02\x12\t\n\x05MULAW\x10\x03\x12\x08\n\x04\x41LAW\x10\x04\x12\x07\n\x03WAV\x10\x05*=\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04REAL\x10\x01\x12\x08\n\x04\x44\x45MO\x10\x02\x32\x91\x02\n\x0cTextToSpeech\x12S\n\nSynthesize\x12 .supertonic.v1.SynthesizeRequest\x1a!.supertonic.v1.SynthesizeResponse0\x01\x12Y\n\x0eSynthesizeOnce\x12 .supertonic.v1.SynthesizeRequest\x1a%.supertonic.v1.SynthesizeOnceResponse\x12Q\n\nListVoices\x12 .supertonic.v1.ListVoicesRequest\x1a!.supertonic.v1.ListVoicesResponseBAZ?github.com/supertonic-grpc/clients/go/supertonicv1;supertonicv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17supertonic/v1/tts.proto\x12\rsupertonic.v1\"U\n\x0b\x41udioConfig\x12.\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\x05\"D\n\x0e\x43hunkingConfig\x12\x17\n\x0fmax_chunk_chars\x18\x01 \x01(\x05\x12\x19\n\x11\x66irst_chunk_chars\x18\x02 \x01(\x05\"\xfc\x01\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\r\n\x05speed\x18\x04 \x01(\x02\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x30\n\x0c\x61udio_config\x18\x06 \x01(\x0b\x32\x1a.supertonic.v1.AudioConfig\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12/\n\x08\x63hunking\x18\x08 \x01(\x0b\x32\x1d.supertonic.v1.ChunkingConfig\x12\x1b\n\x13\x65nable_word_timings\x18\t \x01(\x08\x42\x07\n\x05_seed\"R\n\x0c\x43hunkTimings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"l\n\nWordTiming\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x12\n\ntext_start\x18\x02 \x01(\x05\x12\x10\n\x08text_end\x18\x03 \x01(\x05\x12\x15\n\rstart_seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x05 \x01(\x01\"\xd9\x02\n\nAudioChunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12.\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x12\n\ntext_start\x18\x06 \x01(\x05\x12\x10\n\x08text_end\x18\x07 \x01(\x05\x12\x1c\n\x14\x61udio_offset_seconds\x18\x08 \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\t \x01(\x01\x12,\n\x07timings\x18\n \x01(\x0b\x32\x1b.supertonic.v1.ChunkTimings\x12\r\n\x05piece\x18\x0b \x01(\x05\x12\x12\n\nlast_piece\x18\x0c \x01(\x08\x12(\n\x05words\x18\r \x03(\x0b\x32\x19.supertonic.v1.WordTiming\"\xcd\x02\n\x11SynthesizeSummary\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x05\x12\x15\n\raudio_seconds\x18\x02 \x01(\x01\x12#\n\x1btime_to_first_audio_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x05 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x06 \x01(\x01\x12\x16\n\x0esample_rate_hz\x18\x07 \x01(\x05\x12.\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\r\n\x05voice\x18\t \x01(\t\x12\x10\n\x08language\x18\n \x01(\t\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12.\n\x0bmodel_state\x18\x0c \x01(\x0e\x32\x19.supertonic.v1.ModelState\"~\n\x12SynthesizeResponse\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.supertonic.v1.AudioChunkH\x00\x12\x33\n\x07summary\x18\x02 \x01(\x0b\x32 .supertonic.v1.SynthesizeSummaryH\x00\x42\x07\n\x05\x65vent\"N\n\x13TextBufferingConfig\x12\x1b\n\x13max_buffer_delay_ms\x18\x01 \x01(\x05\x12\x1a\n\x12\x65\x61rly_first_clause\x18\x02 \x01(\x08\"\xad\x02\n\x19StreamingSynthesizeConfig\x12\r\n\x05voice\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\r\n\x05speed\x18\x03 \x01(\x02\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x30\n\x0c\x61udio_config\x18\x05 \x01(\x0b\x32\x1a.supertonic.v1.AudioConfig\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x35\n\tbuffering\x18\x07 \x01(\x0b\x32\".supertonic.v1.TextBufferingConfig\x12\x1b\n\x13\x65nable_word_timings\x18\x08 \x01(\x08\x12/\n\x08\x63hunking\x18\t \x01(\x0b\x32\x1d.supertonic.v1.ChunkingConfigB\x07\n\x05_seed\"\x07\n\x05\x46lush\"\x9a\x01\n\x1aStreamingSynthesizeRequest\x12:\n\x06\x63onfig\x18\x01 \x01(\x0b\x32(.supertonic.v1.StreamingSynthesizeConfigH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12%\n\x05\x66lush\x18\x03 \x01(\x0b\x32\x14.supertonic.v1.FlushH\x00\x42\t\n\x07request\"\x87\x01\n\x1bStreamingSynthesizeResponse\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.supertonic.v1.AudioChunkH\x00\x12\x33\n\x07summary\x18\x02 \x01(\x0b\x32 .supertonic.v1.SynthesizeSummaryH\x00\x42\x07\n\x05\x65vent\"\xcd\x01\n\x16SynthesizeOnceResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12.\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1c.supertonic.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\x05\x12)\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x19.supertonic.v1.AudioChunk\x12\x31\n\x07summary\x18\x05 \x01(\x0b\x32 .supertonic.v1.SynthesizeSummary\"\x13\n\x11ListVoicesRequest\"W\n\x05Voice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06gender\x18\x02 \x01(\t\x12\x11\n\tlanguages\x18\x03 \x03(\t\x12\x1d\n\x15native_sample_rate_hz\x18\x04 \x01(\x05\"\xab\x01\n\x12ListVoicesResponse\x12$\n\x06voices\x18\x01 \x03(\x0b\x32\x14.supertonic.v1.Voice\x12.\n\x0bmodel_state\x18\x02 \x01(\x0e\x32\x19.supertonic.v1.ModelState\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rdefault_voice\x18\x04 \x01(\t\x12\x11\n\tlanguages\x18\x05 \x03(\t*h\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07PCM_F32\x10\x02\x12\t\n\x05MULAW\x10\x03\x12\x08\n\x04\x41LAW\x10\x04\x12\x07\n\x03WAV\x10\x05*=\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04REAL\x10\x01\x12\x08\n\x04\x44\x45MO\x10\x02\x32\x83\x03\n\x0cTextToSpeech\x12S\n\nSynthesize\x12 .supertonic.v1.SynthesizeRequest\x1a!.supertonic.v1.SynthesizeResponse0\x01\x12Y\n\x0eSynthesizeOnce\x12 .supertonic.v1.SynthesizeRequest\x1a%.supertonic.v1.SynthesizeOnceResponse\x12p\n\x13StreamingSynthesize\x12).supertonic.v1.StreamingSynthesizeRequest\x1a*.supertonic.v1.StreamingSynthesizeResponse(\x01\x30\x01\x12Q\n\nListVoices\x12 .supertonic.v1.ListVoicesRequest\x1a!.supertonic.v1.ListVoicesResponseBAZ?github.com/supertonic-grpc/clients/go/supertonicv1;supertonicv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'supertonic_grpc._proto.supe
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/supertonic-grpc/clients/go/supertonicv1;supertonicv1'
-  _globals['_AUDIOENCODING']._serialized_start=1736
-  _globals['_AUDIOENCODING']._serialized_end=1840
-  _globals['_MODELSTATE']._serialized_start=1842
-  _globals['_MODELSTATE']._serialized_end=1903
+  _globals['_AUDIOENCODING']._serialized_start=2640
+  _globals['_AUDIOENCODING']._serialized_end=2744
+  _globals['_MODELSTATE']._serialized_start=2746
+  _globals['_MODELSTATE']._serialized_end=2807
   _globals['_AUDIOCONFIG']._serialized_start=42
   _globals['_AUDIOCONFIG']._serialized_end=127
   _globals['_CHUNKINGCONFIG']._serialized_start=129
   _globals['_CHUNKINGCONFIG']._serialized_end=197
   _globals['_SYNTHESIZEREQUEST']._serialized_start=200
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=423
-  _globals['_CHUNKTIMINGS']._serialized_start=425
-  _globals['_CHUNKTIMINGS']._serialized_end=507
-  _globals['_AUDIOCHUNK']._serialized_start=510
-  _globals['_AUDIOCHUNK']._serialized_end=778
-  _globals['_SYNTHESIZESUMMARY']._serialized_start=781
-  _globals['_SYNTHESIZESUMMARY']._serialized_end=1114
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=1116
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=1242
-  _globals['_SYNTHESIZEONCERESPONSE']._serialized_start=1245
-  _globals['_SYNTHESIZEONCERESPONSE']._serialized_end=1450
-  _globals['_LISTVOICESREQUEST']._serialized_start=1452
-  _globals['_LISTVOICESREQUEST']._serialized_end=1471
-  _globals['_VOICE']._serialized_start=1473
-  _globals['_VOICE']._serialized_end=1560
-  _globals['_LISTVOICESRESPONSE']._serialized_start=1563
-  _globals['_LISTVOICESRESPONSE']._serialized_end=1734
-  _globals['_TEXTTOSPEECH']._serialized_start=1906
-  _globals['_TEXTTOSPEECH']._serialized_end=2179
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=452
+  _globals['_CHUNKTIMINGS']._serialized_start=454
+  _globals['_CHUNKTIMINGS']._serialized_end=536
+  _globals['_WORDTIMING']._serialized_start=538
+  _globals['_WORDTIMING']._serialized_end=646
+  _globals['_AUDIOCHUNK']._serialized_start=649
+  _globals['_AUDIOCHUNK']._serialized_end=994
+  _globals['_SYNTHESIZESUMMARY']._serialized_start=997
+  _globals['_SYNTHESIZESUMMARY']._serialized_end=1330
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=1332
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=1458
+  _globals['_TEXTBUFFERINGCONFIG']._serialized_start=1460
+  _globals['_TEXTBUFFERINGCONFIG']._serialized_end=1538
+  _globals['_STREAMINGSYNTHESIZECONFIG']._serialized_start=1541
+  _globals['_STREAMINGSYNTHESIZECONFIG']._serialized_end=1842
+  _globals['_FLUSH']._serialized_start=1844
+  _globals['_FLUSH']._serialized_end=1851
+  _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_start=1854
+  _globals['_STREAMINGSYNTHESIZEREQUEST']._serialized_end=2008
+  _globals['_STREAMINGSYNTHESIZERESPONSE']._serialized_start=2011
+  _globals['_STREAMINGSYNTHESIZERESPONSE']._serialized_end=2146
+  _globals['_SYNTHESIZEONCERESPONSE']._serialized_start=2149
+  _globals['_SYNTHESIZEONCERESPONSE']._serialized_end=2354
+  _globals['_LISTVOICESREQUEST']._serialized_start=2356
+  _globals['_LISTVOICESREQUEST']._serialized_end=2375
+  _globals['_VOICE']._serialized_start=2377
+  _globals['_VOICE']._serialized_end=2464
+  _globals['_LISTVOICESRESPONSE']._serialized_start=2467
+  _globals['_LISTVOICESRESPONSE']._serialized_end=2638
+  _globals['_TEXTTOSPEECH']._serialized_start=2810
+  _globals['_TEXTTOSPEECH']._serialized_end=3197
 # @@protoc_insertion_point(module_scope)

@@ -49,7 +49,7 @@ class ChunkingConfig(_message.Message):
     def __init__(self, max_chunk_chars: _Optional[int] = ..., first_chunk_chars: _Optional[int] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "voice", "language", "speed", "steps", "audio_config", "seed", "chunking")
+    __slots__ = ("text", "voice", "language", "speed", "steps", "audio_config", "seed", "chunking", "enable_word_timings")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class SynthesizeRequest(_message.Message):
     AUDIO_CONFIG_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_WORD_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     text: str
     voice: str
     language: str
@@ -66,7 +67,8 @@ class SynthesizeRequest(_message.Message):
     audio_config: AudioConfig
     seed: int
     chunking: ChunkingConfig
-    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., speed: _Optional[float] = ..., steps: _Optional[int] = ..., audio_config: _Optional[_Union[AudioConfig, _Mapping]] = ..., seed: _Optional[int] = ..., chunking: _Optional[_Union[ChunkingConfig, _Mapping]] = ...) -> None: ...
+    enable_word_timings: bool
+    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., speed: _Optional[float] = ..., steps: _Optional[int] = ..., audio_config: _Optional[_Union[AudioConfig, _Mapping]] = ..., seed: _Optional[int] = ..., chunking: _Optional[_Union[ChunkingConfig, _Mapping]] = ..., enable_word_timings: _Optional[bool] = ...) -> None: ...
 
 class ChunkTimings(_message.Message):
     __slots__ = ("queue_seconds", "compute_seconds", "batch_size")
@@ -78,8 +80,22 @@ class ChunkTimings(_message.Message):
     batch_size: int
     def __init__(self, queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
+class WordTiming(_message.Message):
+    __slots__ = ("word", "text_start", "text_end", "start_seconds", "end_seconds")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    TEXT_START_FIELD_NUMBER: _ClassVar[int]
+    TEXT_END_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    END_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    text_start: int
+    text_end: int
+    start_seconds: float
+    end_seconds: float
+    def __init__(self, word: _Optional[str] = ..., text_start: _Optional[int] = ..., text_end: _Optional[int] = ..., start_seconds: _Optional[float] = ..., end_seconds: _Optional[float] = ...) -> None: ...
+
 class AudioChunk(_message.Message):
-    __slots__ = ("index", "audio", "encoding", "sample_rate_hz", "text", "text_start", "text_end", "audio_offset_seconds", "duration_seconds", "timings")
+    __slots__ = ("index", "audio", "encoding", "sample_rate_hz", "text", "text_start", "text_end", "audio_offset_seconds", "duration_seconds", "timings", "piece", "last_piece", "words")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +106,9 @@ class AudioChunk(_message.Message):
     AUDIO_OFFSET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
+    LAST_PIECE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
     index: int
     audio: bytes
     encoding: AudioEncoding
@@ -100,7 +119,10 @@ class AudioChunk(_message.Message):
     audio_offset_seconds: float
     duration_seconds: float
     timings: ChunkTimings
-    def __init__(self, index: _Optional[int] = ..., audio: _Optional[bytes] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., text: _Optional[str] = ..., text_start: _Optional[int] = ..., text_end: _Optional[int] = ..., audio_offset_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., timings: _Optional[_Union[ChunkTimings, _Mapping]] = ...) -> None: ...
+    piece: int
+    last_piece: bool
+    words: _containers.RepeatedCompositeFieldContainer[WordTiming]
+    def __init__(self, index: _Optional[int] = ..., audio: _Optional[bytes] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., text: _Optional[str] = ..., text_start: _Optional[int] = ..., text_end: _Optional[int] = ..., audio_offset_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., timings: _Optional[_Union[ChunkTimings, _Mapping]] = ..., piece: _Optional[int] = ..., last_piece: _Optional[bool] = ..., words: _Optional[_Iterable[_Union[WordTiming, _Mapping]]] = ...) -> None: ...
 
 class SynthesizeSummary(_message.Message):
     __slots__ = ("chunks", "audio_seconds", "time_to_first_audio_seconds", "total_seconds", "queue_seconds", "compute_seconds", "sample_rate_hz", "encoding", "voice", "language", "seed", "model_state")
@@ -131,6 +153,58 @@ class SynthesizeSummary(_message.Message):
     def __init__(self, chunks: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., time_to_first_audio_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., sample_rate_hz: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., seed: _Optional[int] = ..., model_state: _Optional[_Union[ModelState, str]] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
+    __slots__ = ("chunk", "summary")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    chunk: AudioChunk
+    summary: SynthesizeSummary
+    def __init__(self, chunk: _Optional[_Union[AudioChunk, _Mapping]] = ..., summary: _Optional[_Union[SynthesizeSummary, _Mapping]] = ...) -> None: ...
+
+class TextBufferingConfig(_message.Message):
+    __slots__ = ("max_buffer_delay_ms", "early_first_clause")
+    MAX_BUFFER_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    EARLY_FIRST_CLAUSE_FIELD_NUMBER: _ClassVar[int]
+    max_buffer_delay_ms: int
+    early_first_clause: bool
+    def __init__(self, max_buffer_delay_ms: _Optional[int] = ..., early_first_clause: _Optional[bool] = ...) -> None: ...
+
+class StreamingSynthesizeConfig(_message.Message):
+    __slots__ = ("voice", "language", "speed", "steps", "audio_config", "seed", "buffering", "enable_word_timings", "chunking")
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    SPEED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BUFFERING_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_WORD_TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    voice: str
+    language: str
+    speed: float
+    steps: int
+    audio_config: AudioConfig
+    seed: int
+    buffering: TextBufferingConfig
+    enable_word_timings: bool
+    chunking: ChunkingConfig
+    def __init__(self, voice: _Optional[str] = ..., language: _Optional[str] = ..., speed: _Optional[float] = ..., steps: _Optional[int] = ..., audio_config: _Optional[_Union[AudioConfig, _Mapping]] = ..., seed: _Optional[int] = ..., buffering: _Optional[_Union[TextBufferingConfig, _Mapping]] = ..., enable_word_timings: _Optional[bool] = ..., chunking: _Optional[_Union[ChunkingConfig, _Mapping]] = ...) -> None: ...
+
+class Flush(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StreamingSynthesizeRequest(_message.Message):
+    __slots__ = ("config", "text", "flush")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
+    config: StreamingSynthesizeConfig
+    text: str
+    flush: Flush
+    def __init__(self, config: _Optional[_Union[StreamingSynthesizeConfig, _Mapping]] = ..., text: _Optional[str] = ..., flush: _Optional[_Union[Flush, _Mapping]] = ...) -> None: ...
+
+class StreamingSynthesizeResponse(_message.Message):
     __slots__ = ("chunk", "summary")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]

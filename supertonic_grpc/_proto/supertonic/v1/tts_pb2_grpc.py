@@ -45,6 +45,11 @@ class TextToSpeechStub:
                 request_serializer=supertonic_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
                 response_deserializer=supertonic_dot_v1_dot_tts__pb2.SynthesizeOnceResponse.FromString,
                 _registered_method=True)
+        self.StreamingSynthesize = channel.stream_stream(
+                '/supertonic.v1.TextToSpeech/StreamingSynthesize',
+                request_serializer=supertonic_dot_v1_dot_tts__pb2.StreamingSynthesizeRequest.SerializeToString,
+                response_deserializer=supertonic_dot_v1_dot_tts__pb2.StreamingSynthesizeResponse.FromString,
+                _registered_method=True)
         self.ListVoices = channel.unary_unary(
                 '/supertonic.v1.TextToSpeech/ListVoices',
                 request_serializer=supertonic_dot_v1_dot_tts__pb2.ListVoicesRequest.SerializeToString,
@@ -64,7 +69,19 @@ class TextToSpeechServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SynthesizeOnce(self, request, context):
-        """Returns the whole clip in one reply, for batch jobs.
+        """Returns the whole clip in one reply, for batch jobs. A reply that could not fit in
+        one gRPC message is refused with INVALID_ARGUMENT before any compute: use Synthesize.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamingSynthesize(self, request_iterator, context):
+        """Text in as it is written (an LLM's reply, token by token), audio out as soon as each
+        sentence is complete. The first request message carries the config, later ones text
+        fragments or flushes; half-closing the request stream means "no more text": what is
+        buffered is spoken, then the summary ends the call. Cancelling the call (barge-in)
+        drops its queued work before the next model step.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +106,11 @@ def add_TextToSpeechServicer_to_server(servicer, server):
                     servicer.SynthesizeOnce,
                     request_deserializer=supertonic_dot_v1_dot_tts__pb2.SynthesizeRequest.FromString,
                     response_serializer=supertonic_dot_v1_dot_tts__pb2.SynthesizeOnceResponse.SerializeToString,
+            ),
+            'StreamingSynthesize': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamingSynthesize,
+                    request_deserializer=supertonic_dot_v1_dot_tts__pb2.StreamingSynthesizeRequest.FromString,
+                    response_serializer=supertonic_dot_v1_dot_tts__pb2.StreamingSynthesizeResponse.SerializeToString,
             ),
             'ListVoices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVoices,
@@ -150,6 +172,33 @@ class TextToSpeech:
             '/supertonic.v1.TextToSpeech/SynthesizeOnce',
             supertonic_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
             supertonic_dot_v1_dot_tts__pb2.SynthesizeOnceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamingSynthesize(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/supertonic.v1.TextToSpeech/StreamingSynthesize',
+            supertonic_dot_v1_dot_tts__pb2.StreamingSynthesizeRequest.SerializeToString,
+            supertonic_dot_v1_dot_tts__pb2.StreamingSynthesizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
