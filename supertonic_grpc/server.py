@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -299,10 +302,10 @@ async def _watch_device_memory(metrics: Metrics, device: torch.device) -> None:
         await asyncio.sleep(5)
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, bundle: ModelBundle | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain and return the exit code: 0 after a drain, 1 when
     the server failed (warm-up, scheduler thread, device) or a second signal cut the drain."""
-    running = await start_server(settings)
+    running = await start_server(settings, bundle)
     stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -344,7 +347,14 @@ def run(settings: Settings) -> int:
     )
     torch.set_grad_enabled(False)
     try:
-        return asyncio.run(serve(settings))
+        code = asyncio.run(serve(settings))
     except SettingsError as exc:
         log.error("bad setting: %s", exc)
         return 2
+    if any(t.name == "scheduler" and t.is_alive() for t in threading.enumerate()):
+        # The scheduler thread is still inside a model call (a forced exit or a failure):
+        # tearing the interpreter down under it aborts the process, so leave at once.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code

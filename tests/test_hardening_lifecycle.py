@@ -1,0 +1,184 @@
+"""Liveness that tells the truth, drains that answer, settings checked at start-up, and a
+metrics port that cannot be pinned: a failed warm-up or a dead scheduler thread fails
+`/healthz` and the process; a second SIGTERM exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import test_settings
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_hardening_rpc import count, wait_until
+from test_server_lifecycle import free_port, wait_serving
+
+from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_grpc.engine import Engine
+from supertonic_grpc.server import serve
+from supertonic_grpc.settings import Settings, SettingsError, parse_settings
+
+pytestmark = pytest.mark.slow
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def health(address: str) -> int:
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+    return stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+
+
+def base_url(server) -> str:
+    return f"http://127.0.0.1:{server.running.metrics_port}"
+
+
+def broken_warmup(*_args, **_kwargs):
+    raise RuntimeError("injected warm-up failure")
+
+
+def test_a_failed_warm_up_fails_liveness_and_refuses_requests(make_server, monkeypatch) -> None:
+    monkeypatch.setattr(Engine, "warmup", broken_warmup)
+    server = make_server()
+    assert server.running.failed.is_set()
+    status, body = get(base_url(server) + "/healthz")
+    assert status == 503 and "injected warm-up failure" in json.loads(body)["fatal"]
+    assert health(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    stub = tts_pb2_grpc.TextToSpeechStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError) as exc:
+        list(stub.Synthesize(tts_pb2.SynthesizeRequest(text="Anyone?"), timeout=10))
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert count(server, "Synthesize", "UNAVAILABLE") == 1
+
+
+def test_a_failed_warm_up_makes_serve_exit_non_zero(shared_bundle, monkeypatch) -> None:
+    monkeypatch.setattr(Engine, "warmup", broken_warmup)
+    settings = test_settings(metrics_port=-1)
+    assert asyncio.run(asyncio.wait_for(serve(settings, shared_bundle), 60)) == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_scheduler_thread_fails_liveness(make_server) -> None:
+    server = make_server()
+    assert get(base_url(server) + "/healthz")[0] == 200
+
+    def die(_engine):
+        raise SystemExit  # not an Exception: it ends the thread, as a fatal bug would
+
+    server.running.scheduler.call(die)
+    assert wait_until(lambda: get(base_url(server) + "/healthz")[0] == 503, timeout=20)
+    assert wait_until(server.running.failed.is_set, timeout=20)
+    assert "scheduler thread died" in server.running.service.fatal
+
+
+def test_metrics_port_answers_404_on_unknown_paths(live_server) -> None:
+    base = base_url(live_server)
+    for path in ("/readyzz", "/", "/metrics/extra", "/healthz/"):
+        assert get(base + path)[0] == 404
+    assert get(base + "/metrics")[0] == 200
+
+
+def test_idle_connections_cannot_pin_more_than_the_metrics_threads(live_server) -> None:
+    port = live_server.running.metrics_port
+    before = threading.active_count()
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+    try:
+        time.sleep(0.5)
+        # Each accepted connection has a thread until it times out; the rest are closed.
+        assert threading.active_count() - before <= 16
+    finally:
+        for s in sockets:
+            s.close()
+    assert wait_until(lambda: get(base_url(live_server) + "/metrics")[0] == 200, timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag"),
+    [
+        (dict(write_timeout_s=0), "--write-timeout-s"),
+        (dict(max_streams=0), "--max-streams"),
+        (dict(max_reply_bytes=10), "--max-reply-bytes"),
+        (dict(tls_cert="/nonexistent.pem", tls_key="/nonexistent.key"), "--tls-cert"),
+        (dict(tls_key="key.pem"), "--tls-cert and --tls-key"),
+        (dict(log_level="LOUD"), "--log-level"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_flag(changes, flag) -> None:
+    with pytest.raises(SettingsError) as exc:
+        Settings(**changes).validate()
+    assert str(exc.value).startswith(flag)
+
+
+def test_flags_are_validated_when_parsed() -> None:
+    with pytest.raises(SettingsError):
+        parse_settings(["--max-queue", "-1"])
+
+
+def _serve(tmp_path: Path, *extra: str, **env: str) -> subprocess.Popen[str]:
+    port = free_port()
+    args = [sys.executable, "-m", "supertonic_grpc.cli", "serve", "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--metrics-port", "-1", "--default-steps", "1", *extra]
+    proc = subprocess.Popen(
+        args,
+        env={**os.environ, "SUPERTONIC_MODEL_DIR": str(tmp_path / "no-model"), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    proc.port = port  # type: ignore[attr-defined]
+    return proc
+
+
+def test_a_bad_default_voice_is_one_error_line_and_exit_code_2(tmp_path) -> None:
+    proc = _serve(tmp_path, "--default-voice", "Nobody")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in out.splitlines() if "ERROR" in line or "Traceback" in line]
+    assert len(errors) == 1 and "--default-voice" in errors[0], out
+
+
+def test_drain_answers_not_serving_and_a_second_sigterm_exits_at_once(tmp_path) -> None:
+    proc = _serve(tmp_path, "--grace-s", "120")
+    try:
+        address = f"127.0.0.1:{proc.port}"  # type: ignore[attr-defined]
+        wait_serving(address)
+        stub = tts_pb2_grpc.TextToSpeechStub(grpc.insecure_channel(address))
+        text = " ".join(
+            f"Sentence number {i} keeps the stream busy for a while." for i in range(60)
+        )
+        call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, steps=1), timeout=300)
+        assert next(call).HasField("chunk")
+        proc.send_signal(signal.SIGTERM)
+        # Draining: health answers NOT_SERVING (the port is still open) and new work is refused.
+        assert wait_until(lambda: health(address) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as exc:
+            list(stub.Synthesize(tts_pb2.SynthesizeRequest(text="Late."), timeout=10))
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert proc.poll() is None  # still draining the long stream
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 1
+        assert time.monotonic() - started < 20
+        with pytest.raises(grpc.RpcError):
+            list(call)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate(timeout=10)[0]
+    assert "second signal" in out
