@@ -258,7 +258,9 @@ def _wav_samples(fmt: tuple[int, ...], body: bytes) -> np.ndarray:
 _ZERO_CROSSINGS = 24  # filter half-length, in periods of the lower of the two rates
 _ROLLOFF = 0.94  # cutoff as a fraction of the lower Nyquist, leaving room for the transition
 _KAISER_BETA = 8.6  # about 85 dB of stopband attenuation
-_MAX_TABLE = 1 << 22  # polyphase matrix entries beyond which taps are computed per output
+# Polyphase matrix entries beyond which taps are interpolated instead: a kernel is built on
+# the event loop, so its size (1 MiB) and build time (~50 ms) stay small for any rate pair.
+_MAX_TABLE = 1 << 18
 _PHASES = 1024  # tabulated fractional delays when the exact phases are too many (err ~1e-6)
 
 
@@ -352,7 +354,7 @@ def _window(x: np.ndarray, x_start: int, lo: int, hi: int) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)  # at most ~16 MiB however many odd rates clients ask for
 def _kernel(from_hz: int, to_hz: int) -> _Kernel:
     return _Kernel(from_hz, to_hz)
 
