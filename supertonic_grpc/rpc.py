@@ -203,10 +203,10 @@ class Rpcs:
     async def _write(self, context: grpc.aio.ServicerContext, message: Any) -> None:
         size = message.ByteSize()
         if size > self.limits.max_reply_bytes:
-            raise RequestError(
-                grpc.StatusCode.INTERNAL,
-                f"a {size}-byte message exceeds the {self.limits.max_reply_bytes}-byte limit",
-            )
+            # Sent, it would fail in the client (4 MiB default) after all the compute.
+            problem = f"a {size}-byte message exceeds the {self.limits.max_reply_bytes}-byte limit"
+            log.warning("stream ended: %s", problem)
+            raise RequestError(grpc.StatusCode.INTERNAL, problem)
         try:
             await asyncio.wait_for(context.write(message), self.limits.write_timeout_s)
         except TimeoutError:
