@@ -245,7 +245,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     from supertonic_grpc.model.hub import DownloadError, download
 
     try:
-        path = download(Path(args.model_dir) if args.model_dir else None, token=args.token)
+        path = download(
+            Path(args.model_dir) if args.model_dir else None,
+            token=args.token,
+            revision=args.revision,
+            weights_revision=args.weights_revision,
+            weights_sha256=args.weights_sha256,
+        )
     except DownloadError as exc:
         raise CommandError(str(exc)) from None
     print(f"Supertonic-2 files are in {path}")
@@ -361,6 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", help="fetch the published model from Hugging Face")
     _add_model_dir(download)
     download.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN)")
+    download.add_argument(
+        "--revision", default=None, help="commit of Supertone/supertonic-2 (default: the lock)"
+    )
+    download.add_argument(
+        "--weights-revision", default=None, help="commit of the weights repository"
+    )
+    download.add_argument(
+        "--weights-sha256", default=None, help="expected SHA-256 of supertonic.safetensors"
+    )
     download.set_defaults(func=cmd_download)
 
     from supertonic_grpc import bench

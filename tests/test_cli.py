@@ -123,7 +123,7 @@ def test_download_offline_is_one_line_exit_1(
 ) -> None:
     from supertonic_grpc.model import hub
 
-    def offline(model_dir: Path | None = None, *, token: str | None = None) -> Path:
+    def offline(model_dir: Path | None = None, **_: object) -> Path:
         raise hub.DownloadError("could not download onnx/tts.json: huggingface.co unreachable")
 
     monkeypatch.setattr(hub, "download", offline)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import socket
 import sys
@@ -27,6 +29,15 @@ from supertonic_grpc.text import Tokenizer, preprocess
 from supertonic_grpc.voices import PUBLISHED_VOICES, load_voice_file
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
+COMMITS = {MODEL_REPO: "a" * 40, WEIGHTS_REPO: "b" * 40}
+
+
+class FakeApi:
+    """`HfApi().model_info`: `main` of each repository is the commit in COMMITS."""
+
+    def model_info(self, repo_id: str, revision: str = "main", **_: object) -> object:
+        assert revision == "main"
+        return type("Info", (), {"sha": COMMITS[repo_id]})()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +63,10 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, remote: dict[str, Path]) -> list[s
     """Route hf_hub_download / list_repo_files to the local repositories; returns a call log."""
     calls: list[str] = []
 
-    def hf_hub_download(*, repo_id: str, filename: str, local_dir: Path, **_: object) -> str:
+    def hf_hub_download(
+        *, repo_id: str, filename: str, local_dir: Path, revision: str, **_: object
+    ) -> str:
+        assert revision == COMMITS[repo_id]  # always a pinned commit, never a branch
         calls.append(f"{repo_id}/{filename}")
         target = Path(local_dir) / filename
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +77,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, remote: dict[str, Path]) -> list[s
         root = remote[repo_id]
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(hub_mod, "_check_reachable", lambda: None)
@@ -109,6 +124,7 @@ def test_offline_is_one_line_download_error(
         )
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(hub_mod, "_check_reachable", lambda: None)
     with pytest.raises(DownloadError) as info:
         download(tmp_path / "model")
@@ -166,3 +182,45 @@ def test_unreachable_host_fails_fast_with_one_line(
     assert "\n" not in message
     assert f"cannot reach 127.0.0.1:{closed_port}" in message
     assert not (tmp_path / "model" / "supertonic.safetensors").exists()
+
+
+def test_download_pins_commits_and_digests_in_a_lock_file(
+    tmp_path: Path, fake_hub: list[str], remote: dict[str, Path]
+) -> None:
+    target = download(tmp_path / "model")
+    lock = json.loads((target / hub_mod.LOCK_FILE).read_text())
+    assert lock["revisions"] == COMMITS
+    weights = remote[WEIGHTS_REPO] / WEIGHTS_FILE
+    assert lock["sha256"][WEIGHTS_FILE] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert set(lock["sha256"]) >= {"onnx/tts.json", "voice_styles/M1.json"}
+
+
+def test_a_wrong_weights_sha256_is_refused_and_the_file_removed(
+    tmp_path: Path, fake_hub: list[str]
+) -> None:
+    target = tmp_path / "model"
+    with pytest.raises(DownloadError, match="pinned SHA-256") as info:
+        download(target, weights_sha256="0" * 64)
+    assert "\n" not in str(info.value)
+    assert not (target / WEIGHTS_FILE).exists()
+
+
+def test_a_later_download_refuses_files_that_changed_since_the_lock(
+    tmp_path: Path, fake_hub: list[str], remote: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = download(tmp_path / "model")
+    changed = tmp_path / "changed"
+    shutil.copytree(remote[MODEL_REPO], changed)
+    (changed / "onnx" / "tts.json").write_text("{}")
+    monkeypatch.setitem(remote, MODEL_REPO, changed)
+    with pytest.raises(DownloadError, match=r"onnx/tts.json.*pinned SHA-256"):
+        download(target)
+
+
+def test_an_explicit_revision_is_used_without_asking_for_main(
+    tmp_path: Path, fake_hub: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pinned = "c" * 40
+    monkeypatch.setitem(COMMITS, MODEL_REPO, pinned)
+    target = download(tmp_path / "model", revision=pinned)
+    assert json.loads((target / hub_mod.LOCK_FILE).read_text())["revisions"][MODEL_REPO] == pinned
