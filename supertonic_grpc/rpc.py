@@ -19,6 +19,7 @@ forever. Requests whose bytes do not parse reach the handler as :class:`Malforme
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import Counter as Tally
@@ -50,9 +51,13 @@ class Malformed:
     size: int
 
 
-def add_servicer(servicer: Any, service: ServiceDescriptor, server: grpc.aio.Server) -> None:
+def add_servicer(
+    servicer: Any, service: ServiceDescriptor, server: grpc.aio.Server, *, guard: bool = False
+) -> None:
     """Register every method of `service` on `server`, like the generated
-    ``add_*Servicer_to_server`` but with :func:`lenient` request deserializers."""
+    ``add_*Servicer_to_server`` but with :func:`lenient` request deserializers. Handlers run
+    by :class:`Rpcs` refuse :class:`Malformed` requests themselves; `guard` does it for a
+    servicer that does not know about them (unary-request methods, e.g. gRPC health)."""
     handlers = {}
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -62,14 +67,39 @@ def add_servicer(servicer: Any, service: ServiceDescriptor, server: grpc.aio.Ser
     }
     for method in service.methods:
         kind = kinds[(method.client_streaming, method.server_streaming)]
+        behaviour = getattr(servicer, method.name)
+        if guard and not method.client_streaming:
+            behaviour = _guarded(behaviour)
         handlers[method.name] = kind(
-            getattr(servicer, method.name),
+            behaviour,
             request_deserializer=lenient(GetMessageClass(method.input_type).FromString),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
+
+
+def _guarded(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    """`behaviour`, refusing a Malformed request with INVALID_ARGUMENT first."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, Malformed):
+                err = _malformed(request)
+                await context.abort(err.code, err.message)
+            async for reply in behaviour(request, context):
+                yield reply
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            err = _malformed(request)
+            await context.abort(err.code, err.message)
+        return await behaviour(request, context)
+
+    return unary
 
 
 def lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from supertonic_grpc import rpc, security
@@ -191,7 +191,9 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
     server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     rpc.add_servicer(service, tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"], server)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    rpc.add_servicer(
+        health_servicer, health_pb2.DESCRIPTOR.services_by_name["Health"], server, guard=True
+    )
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(

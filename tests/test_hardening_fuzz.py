@@ -194,4 +194,11 @@ def test_raw_malformed_bytes_never_answer_unknown(fuzz_server, caplog) -> None:
     assert seen[grpc.StatusCode.INVALID_ARGUMENT] > 0
     assert set(seen) <= DOCUMENTED, seen
     assert wait_until(lambda: total_counted(fuzz_server) == before + sum(seen.values()), 60)
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    health = Counter(
+        outcome(lambda d=d: check(d, timeout=CALL_TIMEOUT_S)) for d in mutations(rng, 40)
+    )
+    assert health[grpc.StatusCode.UNKNOWN] == 0 and set(health) <= DOCUMENTED | {
+        grpc.StatusCode.NOT_FOUND  # an unknown service name
+    }, health
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
