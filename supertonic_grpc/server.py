@@ -267,10 +267,15 @@ async def _warm_up(running: RunningServer, engine: Engine, settings: Settings) -
     log.info("SERVING")
 
 
-async def _watchdog(running: RunningServer, device: torch.device, every_s: float = 1.0) -> None:
+async def _watchdog(
+    running: RunningServer,
+    device: torch.device,
+    every_s: float = 1.0,
+    probe_s: float = DEVICE_PROBE_S,
+) -> None:
     """Fail the server when its scheduler thread died or (CUDA) the device is broken: a
     sticky CUDA error fails every later call, so a restart is the only cure."""
-    probe_every = max(1, round(DEVICE_PROBE_S / every_s))
+    probe_every = max(1, round(probe_s / every_s))
     for tick in itertools.count(1):
         await asyncio.sleep(every_s)
         if not running.scheduler.alive:

@@ -179,3 +179,36 @@ def test_a_bounded_soak_keeps_memory_flat_and_gauges_return_to_zero(make_server)
     assert sample(body, "supertonic_active_unary_requests", rpc="SynthesizeOnce") == 0
     for priority in ("high", "normal"):
         assert sample(body, "supertonic_queue_depth", priority=priority) == 0
+
+
+def test_a_unary_reply_is_resampled_off_the_event_loop(make_server, monkeypatch) -> None:
+    from supertonic_grpc import audio
+
+    server = make_server()
+    loop_thread = server.call(_current_thread())
+    threads: list[int] = []
+    real = audio.resample
+
+    def spy(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audio, "resample", spy)
+    req = pcm_f32("Resample me, please.")
+    req.audio_config.sample_rate_hz = 16000
+    assert stub_for(server.address).SynthesizeOnce(req, timeout=60).sample_rate_hz == 16000
+    assert threads and loop_thread not in threads
+
+
+async def _current_thread() -> int:
+    return threading.get_ident()
+
+
+def test_the_python_client_receives_replies_over_four_mebibytes(make_server) -> None:
+    from supertonic_client.client import Encoding, SupertonicClient
+
+    server = make_server(max_reply_bytes=32 * 1024 * 1024)
+    text = " ".join(["A sentence long enough to need some seconds of audio."] * 10)
+    with SupertonicClient(server.address, timeout=120) as tts:
+        clip = tts.synthesize(text, steps=1, encoding=Encoding.PCM_F32, sample_rate_hz=48000)
+    assert len(clip.data) > CLIENT_LIMIT

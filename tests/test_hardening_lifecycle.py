@@ -182,3 +182,34 @@ def test_drain_answers_not_serving_and_a_second_sigterm_exits_at_once(tmp_path) 
             proc.kill()
         out = proc.communicate(timeout=10)[0]
     assert "second signal" in out
+
+
+def test_a_device_that_fails_its_probe_fails_liveness(make_server, monkeypatch) -> None:
+    from concurrent.futures import Future
+
+    import torch
+
+    from supertonic_grpc.server import _watchdog
+
+    server = make_server()
+    running = server.running
+
+    def sticky_error(_fn):
+        fut: Future[None] = Future()
+        fut.set_exception(RuntimeError("CUDA error: an illegal memory access was encountered"))
+        return fut
+
+    monkeypatch.setattr(running.scheduler, "call", sticky_error)
+    server.call(_watchdog(running, torch.device("cuda"), every_s=0.01, probe_s=0.01), timeout=30)
+    assert running.failed.is_set() and "illegal memory access" in running.service.fatal
+    assert get(base_url(server) + "/healthz")[0] == 503
+
+
+def test_grpc_options_bound_connections() -> None:
+    from supertonic_grpc.server import grpc_options
+
+    options = dict(grpc_options(Settings()))
+    assert options["grpc.keepalive_time_ms"] == 60_000
+    assert options["grpc.max_connection_age_ms"] == 3_600_000
+    assert options["grpc.max_send_message_length"] <= 4 * 1024 * 1024 + 64 * 1024
+    assert "grpc.max_connection_age_ms" not in dict(grpc_options(Settings(max_connection_age_s=0)))
