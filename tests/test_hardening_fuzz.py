@@ -77,7 +77,7 @@ plausible = st.builds(
     ),
     voice=st.sampled_from(["", "M1", "M5", "F1", "F5"]),
     language=st.sampled_from(["", "en", "ko", "es", "pt", "fr"]),
-    speed=st.one_of(st.just(0.0), st.floats(0.5, 2.0, width=32)),
+    speed=st.one_of(st.just(0.0), st.floats(0.5, 2.0, width=32, allow_subnormal=False)),
     steps=st.one_of(st.just(0), st.integers(1, 2), st.just(50)),
     audio_config=st.builds(
         tts_pb2.AudioConfig,
@@ -98,7 +98,10 @@ wild = st.builds(
     text=st.one_of(words, st.sampled_from(["Hello there.", "¿Qué tal? Bien.", "안녕하세요."])),
     voice=st.one_of(st.sampled_from(["", "M1", "F3"]), st.text(max_size=8)),
     language=st.one_of(st.sampled_from(["", "en", "ko", "es", "pt", "fr"]), st.text(max_size=5)),
-    speed=st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.just(0.0)),
+    speed=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False, width=32),
+        st.just(0.0),
+    ),
     steps=st.integers(-3, 60),
     audio_config=st.builds(
         tts_pb2.AudioConfig,
