@@ -126,6 +126,7 @@ def test_typed_fuzz_never_answers_unknown_or_internal(fuzz_server, caplog) -> No
         max_examples=50,
         deadline=None,
         derandomize=True,  # the same examples on every run: CI is not a lottery
+        database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
     @given(req=st.one_of(plausible, plausible, wild), unary=st.booleans())
