@@ -313,9 +313,14 @@ class Rpcs:
             code, hint = grpc.StatusCode.DEADLINE_EXCEEDED, None
             message = f"the client read nothing for {self.limits.write_timeout_s:g} s; stream ended"
             log.info("%s from %s: %s", call.rpc, call.peer, message)
-        except Exception:
+        except grpc.aio.AbortError:
+            # The handler aborted the call itself: count the code it chose.
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
             log.exception("%s from %s failed", call.rpc, call.peer)
-            code, message, hint = grpc.StatusCode.INTERNAL, "internal error", None
+            code, hint = grpc.StatusCode.INTERNAL, None
+            message = f"internal error: {type(exc).__name__}"
         finally:
             if peer is not None:
                 self._free_slot(peer)

@@ -223,3 +223,18 @@ def test_list_voices_reports_the_configured_default_voice(make_server) -> None:
     server = make_server(default_voice="F2")
     reply = stub_for(server.address).ListVoices(tts_pb2.ListVoicesRequest(), timeout=30)
     assert reply.default_voice == "F2"
+
+
+def test_a_handler_that_aborts_itself_is_counted_with_its_code(make_server) -> None:
+    server = make_server()
+
+    async def aborting(stream, context):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not today")
+        yield  # pragma: no cover
+
+    server.running.service._stream = aborting
+    with pytest.raises(grpc.RpcError) as exc:
+        list(stub_for(server.address).Synthesize(pcm_f32("Hello."), timeout=30))
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert wait_until(lambda: count(server, "Synthesize", "FAILED_PRECONDITION") == 1)
+    assert count(server, "Synthesize", "INTERNAL") == 0
