@@ -118,7 +118,10 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 3),
         # Connections are recycled, so no client pins one forever (and load rebalances).
-        ("grpc.max_concurrent_streams", settings.max_concurrent_streams_per_connection),
+        (
+            "grpc.max_concurrent_streams",
+            settings.max_concurrent_streams_per_connection or settings.max_streams,
+        ),
     ]
     if settings.max_connection_age_s > 0:
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))

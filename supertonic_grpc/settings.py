@@ -65,7 +65,8 @@ class Settings:
         default=900.0, metadata={"help": "close connections idle for this long (0: never)"}
     )
     max_concurrent_streams_per_connection: int = field(
-        default=100, metadata={"help": "HTTP/2 streams one connection may open at once"}
+        default=0,
+        metadata={"help": "HTTP/2 streams one connection may open at once (0: --max-streams)"},
     )
     write_timeout_s: float = field(
         default=30.0,
@@ -121,7 +122,7 @@ class Settings:
             "max_reply_bytes": (64 * 1024, MAX_REPLY_BYTES),
             "keepalive_s": (1, 86400),
             "keepalive_timeout_s": (1, 86400),
-            "max_concurrent_streams_per_connection": (1, 1_000_000),
+            "max_concurrent_streams_per_connection": (0, 1_000_000),
         }
         non_negative = (
             "max_batch", "max_batch_tokens", "max_wait_ms", "max_streams_per_peer", "grace_s",
