@@ -103,6 +103,7 @@ class Settings:
     )
     api_keys: str = field(
         default="",
+        repr=False,  # a secret: never in a log line or a traceback
         metadata={"help": "comma-separated API keys (set it in the environment, not as a flag)"},
     )
 

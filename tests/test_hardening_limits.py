@@ -24,3 +24,9 @@ def test_the_kernel_cache_is_bounded() -> None:
         audio._kernel(NATIVE, rate)
     assert audio._kernel.cache_info().currsize <= 16
     audio._kernel.cache_clear()
+
+
+def test_api_keys_never_appear_in_the_settings_repr() -> None:
+    from supertonic_grpc.settings import Settings
+
+    assert "sekrit-key" not in repr(Settings(api_keys="sekrit-key-0123456789"))
