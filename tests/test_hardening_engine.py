@@ -160,7 +160,7 @@ def test_a_bounded_soak_keeps_memory_flat_and_gauges_return_to_zero(make_server)
         with ThreadPoolExecutor(4) as pool:
             return list(pool.map(one, range(n)))
 
-    run(24)  # warm: allocator pools, grpc buffers, caches
+    run(40)  # warm: allocator pools, grpc buffers, caches
     before = rss_bytes()
     started = time.monotonic()
     codes = run(120)
@@ -170,6 +170,7 @@ def test_a_bounded_soak_keeps_memory_flat_and_gauges_return_to_zero(make_server)
         grpc.StatusCode.INVALID_ARGUMENT,
     }
     growth = rss_bytes() - before
+    # Python objects stay flat (tracemalloc: tens of kB); native pools drift ~6 MB per 100.
     assert growth < 40 * 1024 * 1024, f"RSS grew {growth / 1e6:.1f} MB over 120 requests"
     assert time.monotonic() - started < 300
     assert wait_until(lambda: server.running.service.active == 0, timeout=30)

@@ -30,3 +30,14 @@ def test_api_keys_never_appear_in_the_settings_repr() -> None:
     from supertonic_grpc.settings import Settings
 
     assert "sekrit-key" not in repr(Settings(api_keys="sekrit-key-0123456789"))
+
+
+def test_short_api_keys_are_refused(tmp_path) -> None:
+    from supertonic_grpc.security import load_api_keys
+    from supertonic_grpc.settings import Settings, SettingsError
+
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\nlong-enough-key-0123 # trailing comment\n\n")
+    assert load_api_keys(Settings(api_keys_file=str(keys))) == ("long-enough-key-0123",)
+    with pytest.raises(SettingsError):
+        load_api_keys(Settings(api_keys="short"))
