@@ -50,6 +50,10 @@ def wait_until(predicate, timeout: float = 30.0) -> bool:
     return predicate()
 
 
+def first_chunks_done(server) -> float:
+    return sample(scrape(server), "supertonic_chunks_total", priority="high")
+
+
 def pcm_f32(text: str, **kw) -> tts_pb2.SynthesizeRequest:
     kw.setdefault("steps", 1)
     return tts_pb2.SynthesizeRequest(
@@ -142,6 +146,8 @@ def test_stalled_readers_lose_their_slots_after_the_write_timeout(make_server) -
         for _ in range(8)
     ]
     assert wait_until(lambda: server.running.service.active == 8)
+    # Each stalled stream has its first chunk, so from here on it only waits on its client.
+    assert wait_until(lambda: first_chunks_done(server) >= 8, timeout=120)
     # A newcomer is served within the stall timeout plus 5 s, though every slot was taken.
     started = time.monotonic()
     stub = stub_for(server.address)
