@@ -129,8 +129,8 @@ def test_cancel_while_paused_on_a_write_frees_the_slot_and_counts_cancelled(make
     server = make_server(write_timeout_s=600)
     call = stub_for(server.address, STALLED_OPTIONS).Synthesize(pcm_f32(LONG_TEXT), timeout=120)
     # Nothing is read, so the server's writes back up and its handler waits on one.
-    assert wait_until(lambda: server.running.service.active == 1)
-    time.sleep(1.0)
+    assert wait_until(lambda: first_chunks_done(server) >= 1)
+    assert wait_until(lambda: server.running.scheduler.queued() == 0)  # lookahead computed
     call.cancel()
     assert wait_until(lambda: server.running.service.active == 0, timeout=10)
     assert wait_until(lambda: count(server, "Synthesize", "CANCELLED") == 1, timeout=10)
