@@ -105,11 +105,13 @@ def serve_http(
     server_class = type(
         "MetricsHTTPServer", (BoundedWSGIServer,), {"max_connections": max_connections}
     )
-    httpd = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    httpd: BoundedWSGIServer = make_server(  # type: ignore[assignment]
+        host, port, app, server_class, handler_class=_QuietHandler
+    )
     if ssl_context is not None:
         httpd.socket = ssl_context.wrap_socket(
             httpd.socket, server_side=True, do_handshake_on_connect=False
         )
     thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     thread.start()
-    return httpd, thread  # type: ignore[return-value]
+    return httpd, thread
