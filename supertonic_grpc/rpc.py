@@ -310,9 +310,16 @@ class Rpcs:
             message = "server is shutting down; retry on another replica"
         except Stalled:
             self.metrics.stalled_streams_total.inc()
-            code, hint = grpc.StatusCode.DEADLINE_EXCEEDED, None
-            message = f"the client read nothing for {self.limits.write_timeout_s:g} s; stream ended"
-            log.info("%s from %s: %s", call.rpc, call.peer, message)
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            log.info(
+                "%s from %s: the client read nothing for %g s; stream ended",
+                call.rpc,
+                call.peer,
+                self.limits.write_timeout_s,
+            )
+            # The unread message's send is still pending, so no status can follow it: end
+            # the handler as cancelled and gRPC resets the stream.
+            raise asyncio.CancelledError from None
         except grpc.aio.AbortError:
             # The handler aborted the call itself: count the code it chose.
             code = context.code() or grpc.StatusCode.UNKNOWN
