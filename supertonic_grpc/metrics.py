@@ -110,6 +110,19 @@ class Metrics:
         self.active_streams = Gauge(
             name("active_streams"), "Streaming RPCs in progress.", registry=reg
         )
+        self.sentence_to_audio_seconds = Histogram(
+            name("sentence_to_audio_seconds"),
+            "StreamingSynthesize: from the text that completes a sentence (or a flush, a stall,"
+            " the end of input) to that text's first audio sent.",
+            ["trigger"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.barge_in_total = Counter(
+            name("barge_in_total"),
+            "StreamingSynthesize calls cancelled by the client (barge-in) before they ended.",
+            registry=reg,
+        )
         self.underruns_total = Counter(
             name("underruns_total"),
             "Chunks sent after the listener would have run out of audio.",

@@ -26,8 +26,10 @@ from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.scheduler import JobResult, QueueFull, Scheduler, SchedulerStopped
 from supertonic_grpc.settings import Settings
+from supertonic_grpc.streaming_service import streaming_synthesize
 from supertonic_grpc.streams import ChunkStream
-from supertonic_grpc.text import LANGUAGES, Tokenizer
+from supertonic_grpc.text import LANGUAGES, TextChunk, Tokenizer
+from supertonic_grpc.text.timings import word_timings
 from supertonic_grpc.validation import (
     NATIVE_RATE,
     Plan,
@@ -64,6 +66,20 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, EngineError):
         return grpc.StatusCode.INTERNAL, f"model failure: {exc}"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+def _word_timings(c: TextChunk, duration_s: float, offset: float) -> list[tts_pb2.WordTiming]:
+    """Estimated word timings of one chunk, in the stream's offsets and audio timeline."""
+    return [
+        tts_pb2.WordTiming(
+            word=w.word,
+            text_start=w.start,
+            text_end=w.end,
+            start_seconds=w.start_s,
+            end_seconds=w.end_s,
+        )
+        for w in word_timings(c.text, duration_s, offset=c.start, start_s=offset)
+    ]
 
 
 class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
@@ -127,11 +143,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
     # --- helpers -----------------------------------------------------------------------
 
     def _admit(self, req: tts_pb2.SynthesizeRequest, streaming: bool) -> Plan:
-        if self.draining:
-            self.metrics.rejected_total.labels("draining").inc()
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if not self.ready:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is warming up; retry soon")
+        self._check_serving()
         plan = plan_request(
             req,
             settings=self.settings,
@@ -139,13 +151,23 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             tokenizer=self.tokenizer,
             streaming=streaming,
         )
+        self._check_capacity()
+        return plan
+
+    def _check_serving(self) -> None:
+        if self.draining:
+            self.metrics.rejected_total.labels("draining").inc()
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if not self.ready:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is warming up; retry soon")
+
+    def _check_capacity(self) -> None:
         if self.active >= self.settings.max_streams:
             self.metrics.rejected_total.labels("too_many_streams").inc()
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.active} requests in progress (limit {self.settings.max_streams})",
             )
-        return plan
 
     async def _reject(
         self,
@@ -180,6 +202,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                 compute_seconds=result.compute_s,
                 batch_size=result.batch_size,
             ),
+            words=_word_timings(c, result.synthesized.duration_s, offset)
+            if plan.word_timings
+            else (),
         )
 
     def _summary(
@@ -369,6 +394,14 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             chunks=chunks,
             summary=summary,
         )
+
+    async def StreamingSynthesize(
+        self,
+        request_iterator: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
+        async for message in streaming_synthesize(self, request_iterator, context):
+            yield message
 
     async def ListVoices(
         self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
