@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ import numpy as np
 from supertonic_grpc import audio
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.playback import PlaybackClock
+from supertonic_grpc.rpc import Call
 from supertonic_grpc.scheduler import JobResult, Ticket
 from supertonic_grpc.streams import ChunkStream
 from supertonic_grpc.text.stream_buffer import Segment, StreamBuffer, Trigger
@@ -44,6 +46,40 @@ if TYPE_CHECKING:
 
 MAX_BUFFER_DELAY_MS = 10_000
 _EOF = object()
+# While a call waits on the model, the event loop is woken this often (see _Waker).
+WAKE_S = 0.01
+
+
+class _Waker:
+    """Wakes the event loop every `WAKE_S` while streaming calls are open, one task for all.
+
+    Measured: with the loop idle in select() while the scheduler thread computes, gRPC's
+    completion events (a client's cancel) are picked up only once something else wakes the
+    loop, typically the end of the model step; a barge-in would then wait out the step.
+    """
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def acquire(self) -> None:
+        self.users += 1
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._tick())
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    @staticmethod
+    async def _tick() -> None:
+        while True:
+            await asyncio.sleep(WAKE_S)
+
+
+_WAKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
 
 
 def config_request(config: tts_pb2.StreamingSynthesizeConfig) -> tts_pb2.SynthesizeRequest:
@@ -112,8 +148,23 @@ class StreamingCall:
         self.segment_ends: set[int] = set()  # last chunk of each segment
         self.sent = 0
         self.input_closed = False
+        self.finished = False  # the summary has been produced
+        self.barged_in = False
         self.offset = self.ttfa = self.queue_s = self.compute_s = 0.0
         self.last_activity = time.monotonic()
+        self.gone = asyncio.Event()  # the call ended from the client's side
+
+    def hang_up(self) -> None:
+        """The RPC has ended (client cancel, deadline, or normal end): drop queued work."""
+        self.svc.scheduler.cancel(self.ticket)
+        if not self.finished:
+            self.gone.set()
+            self._count_barge_in()
+
+    def _count_barge_in(self) -> None:
+        if not self.barged_in:
+            self.barged_in = True
+            self.svc.metrics.barge_in_total.inc()
 
     @property
     def ticket(self) -> Ticket:
@@ -207,11 +258,14 @@ class StreamingCall:
 
     async def run(self) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
         read: asyncio.Future[object] | None = None
+        gone = asyncio.ensure_future(self.gone.wait())
         try:
             while True:
                 if read is None and not self.input_closed:
                     read = asyncio.ensure_future(anext(self.requests, _EOF))
-                waiting: set[asyncio.Future[object]] = {read} if read is not None else set()
+                waiting: set[asyncio.Future[object]] = {gone}
+                if read is not None:
+                    waiting.add(read)
                 if self.sent < len(self.stream.futures):
                     waiting.add(self.stream.futures[self.sent])  # type: ignore[arg-type]
                 elif self.input_closed:
@@ -225,6 +279,8 @@ class StreamingCall:
                     waiting, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
                 )
                 now = time.monotonic()
+                if gone in done:
+                    raise asyncio.CancelledError("the client went away")
                 if read is not None and read in done:
                     msg, read = read.result(), None
                     self.last_activity = now
@@ -241,8 +297,11 @@ class StreamingCall:
                         from supertonic_grpc.service import _status_for
 
                         raise RequestError(*_status_for(exc)) from exc
-                    yield self._message(k, result)
+                    message = self._message(k, result)
+                    # Accounted just before the write, so a client that has read the chunk
+                    # sees it in the metrics; the next chunk is queued as early as possible.
                     self._after_send(k, result)
+                    yield message
                 self._plan(self.buffer.poll(now))
                 if (
                     not done
@@ -254,12 +313,25 @@ class StreamingCall:
                         f"stream idle: no request and no audio for "
                         f"{self.settings.stream_idle_s:g} s; half-close the stream to finish",
                     )
+        except (asyncio.CancelledError, GeneratorExit):
+            self._count_barge_in()  # the client left (or its deadline passed) mid-call
+            raise
         finally:
-            if read is not None:
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await read
-        yield tts_pb2.StreamingSynthesizeResponse(summary=self._summary())
+            # Drop the queued work first, before any await can delay it.
+            self.svc.scheduler.cancel(self.ticket)
+            for task in (read, gone):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        try:
+            yield tts_pb2.StreamingSynthesizeResponse(summary=self._summary())
+        except GeneratorExit:
+            # The write failed: the client left. (A cancel can first look like a
+            # half-close, since the request stream ends too.)
+            self._count_barge_in()
+            raise
+        self.finished = True
 
     def _summary(self) -> tts_pb2.SynthesizeSummary:
         plan = self.stream.plan
@@ -303,35 +375,18 @@ async def open_call(
 async def streaming_synthesize(
     svc: TextToSpeechService,
     requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
-    context: grpc.aio.ServicerContext,
+    call: Call,
 ) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
-    """The RPC: admission, the call's loop, and its accounting."""
-    from supertonic_grpc.service import _cancel_code
-
-    rpc, started = "StreamingSynthesize", time.monotonic()
+    """The RPC's handler under `rpc.Rpcs` (which owns its code, count and slot)."""
+    session = await open_call(svc, requests, call.started)
+    # gRPC does not always cancel a bidi handler's task when the client cancels (it may
+    # only notice at the next write), so the call's end is watched directly: a barge-in
+    # drops the queued work at once and wakes the loop.
+    call.context.add_done_callback(lambda _: session.hang_up())
+    waker = _WAKERS.setdefault(asyncio.get_running_loop(), _Waker())
+    waker.acquire()
     try:
-        svc._check_serving()
-        call = await open_call(svc, requests, started)
-        svc._check_capacity()
-    except RequestError as err:
-        await svc._reject(context, rpc, err)
-        return
-    svc.active += 1
-    svc.metrics.active_streams.inc()
-    code = grpc.StatusCode.OK
-    try:
-        async for message in call.run():
+        async for message in session.run():
             yield message
-    except asyncio.CancelledError:
-        code = _cancel_code(context)
-        if code is grpc.StatusCode.CANCELLED:
-            svc.metrics.barge_in_total.inc()
-        raise
-    except RequestError as err:
-        code = err.code
-        await context.abort(err.code, err.message)
     finally:
-        svc.scheduler.cancel(call.ticket)
-        svc.active -= 1
-        svc.metrics.active_streams.dec()
-        svc.metrics.requests_total.labels(rpc, code.name).inc()
+        waker.release()
