@@ -47,3 +47,12 @@ def run_client_tests(venv: str, address: str, *tests: str) -> str:
 def test_light_client_under_oldest_and_newest_protobuf(live_server, venv, major) -> None:
     out = run_client_tests(venv, live_server.address, "test_light_client.py")
     assert f"protobuf {major}" in out
+
+
+def test_pipecat_plugin_in_a_real_pipeline(live_server) -> None:
+    metrics = live_server.running.metrics
+    before = metrics.barge_in_total._value.get()
+    out = run_client_tests(".venv-pipecat", live_server.address, "test_pipecat.py")
+    assert "BARGE-IN-DONE" in out
+    # The interruption cancelled the turn's call on the server.
+    assert metrics.barge_in_total._value.get() >= before + 1
