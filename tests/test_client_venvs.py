@@ -56,3 +56,12 @@ def test_pipecat_plugin_in_a_real_pipeline(live_server) -> None:
     assert "BARGE-IN-DONE" in out
     # The interruption cancelled the turn's call on the server.
     assert metrics.barge_in_total._value.get() >= before + 1
+
+
+def test_livekit_plugin_with_the_real_framework(live_server) -> None:
+    metrics = live_server.running.metrics
+    before = metrics.barge_in_total._value.get()
+    out = run_client_tests(".venv-livekit", live_server.address, "test_livekit.py")
+    assert "BARGE-IN-DONE" in out
+    # Closing the stream mid-reply cancelled its call on the server.
+    assert metrics.barge_in_total._value.get() >= before + 1
