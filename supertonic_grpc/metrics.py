@@ -8,20 +8,20 @@ Each :class:`Metrics` owns its registry so that several servers can share one te
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from wsgiref.simple_server import WSGIServer, make_server
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
     generate_latest,
-    make_wsgi_app,
 )
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
+from supertonic_grpc.metrics_http import Route, serve_http
 from supertonic_grpc.playback import PlaybackClock
 
 __all__ = ["PRIORITIES", "REJECT_REASONS", "Metrics", "PlaybackClock"]
@@ -43,10 +43,6 @@ COMPUTE_BUCKETS = (
     0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-# An HTTP route beside /metrics: () -> (status line, content type, body).
-Route = Callable[[], tuple[str, str, bytes]]
 
 
 class Metrics:
@@ -194,27 +190,19 @@ class Metrics:
         return generate_latest(self.registry)
 
     def start_http_server(
-        self, port: int, addr: str = "0.0.0.0", routes: dict[str, Route] | None = None
+        self,
+        port: int,
+        addr: str = "0.0.0.0",
+        routes: dict[str, Route] | None = None,
+        **options: Any,
     ) -> tuple[WSGIServer, threading.Thread]:
-        """Serve ``/metrics`` from this registry (plus any extra `routes`) on a daemon thread.
-
-        A route maps a path to a function returning ``(status, content_type, body)``, e.g.
-        the server's ``/healthz`` and ``/readyz`` probes. ``port`` 0 picks a free port: read
-        it from ``server.server_port``. Stop with ``server.shutdown(); server.server_close();
-        thread.join()``.
+        """Serve ``/metrics`` from this registry (plus any extra `routes`, e.g. the server's
+        ``/healthz`` and ``/readyz`` probes) on a daemon thread; see
+        :func:`metrics_http.serve_http` for the bounds and the `options` (TLS, API keys).
+        ``port`` 0 picks a free port: read it from ``server.server_port``.
         """
-        metrics_app = make_wsgi_app(self.registry)
-        extra = dict(routes or {})
 
-        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:  # type: ignore[type-arg]
-            route = extra.get(environ.get("PATH_INFO", "/"))
-            if route is None:
-                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
-            status, content_type, body = route()
-            start_response(status, [("Content-Type", content_type)])
-            return [body]
+        def metrics_page() -> tuple[str, str, bytes]:
+            return "200 OK", CONTENT_TYPE_LATEST, self.render()
 
-        httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
-        thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-        thread.start()
-        return httpd, thread
+        return serve_http(addr, port, {"/metrics": metrics_page, **(routes or {})}, **options)

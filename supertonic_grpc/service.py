@@ -95,6 +95,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         self.model = model
         self.ready = False  # set once warm-up has finished
         self.draining = False
+        self.fatal: str | None = None  # why the server can no longer serve
         self.rpcs = Rpcs(
             metrics,
             Limits(
@@ -121,6 +122,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             "status": "SERVING" if ready else "NOT_SERVING",
             "warming_up": not self.ready,
             "draining": self.draining,
+            "fatal": self.fatal,
             "model_state": self.model.state,
             "model_version": self.model.version,
             "active_requests": self.active,
@@ -128,8 +130,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         }
 
     def liveness(self) -> tuple[str, str, bytes]:
-        """`/healthz`: 200 while the process and its scheduler thread are alive."""
-        alive = self.scheduler.running or self.draining
+        """`/healthz`: 200 while the process and its scheduler thread are alive and nothing
+        fatal (a failed warm-up, a broken device) happened."""
+        alive = self.fatal is None and (self.scheduler.alive or self.draining)
         return (
             "200 OK" if alive else "503 Service Unavailable",
             "application/json",
@@ -153,6 +156,8 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         if self.draining:
             self.metrics.rejected_total.labels("draining").inc()
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.fatal is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server failed; retry on another one")
         if not self.ready:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is warming up; retry soon")
 

@@ -343,13 +343,23 @@ def build_config(
 _FLUSH = tts_pb2.StreamingSynthesizeRequest(flush=tts_pb2.Flush())
 _CLOSE = object()
 
+# Replies as large as a server may be configured to send (its --max-reply-bytes ceiling).
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+
 
 def _channel_credentials(
-    tls: bool, root_certificates: bytes | None
+    tls: bool,
+    root_certificates: bytes | None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
 ) -> grpc.ChannelCredentials | None:
-    if not tls and root_certificates is None:
+    if not tls and root_certificates is None and certificate_chain is None:
         return None
-    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return grpc.ssl_channel_credentials(
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
 
 
 class Stream(Iterator[Chunk]):
@@ -427,7 +437,8 @@ class TextStream(Stream):
     ) -> None:
         self._requests: queue.Queue[object] = queue.Queue()
         self._requests.put(config)
-        super().__init__(stub.StreamingSynthesize(self._pump(), timeout=timeout), owner)
+        call = stub.StreamingSynthesize(self._pump(), timeout=timeout, metadata=owner._metadata)
+        super().__init__(call, owner)
 
     def _pump(self) -> Iterator[tts_pb2.StreamingSynthesizeRequest]:
         while (item := self._requests.get()) is not _CLOSE:
@@ -473,7 +484,7 @@ class AsyncTextStream(AsyncStream):
         timeout: float | None,
         owner: AsyncSupertonicClient,
     ) -> None:
-        super().__init__(stub.StreamingSynthesize(timeout=timeout), owner)
+        super().__init__(stub.StreamingSynthesize(timeout=timeout, metadata=owner._metadata), owner)
         self._config: tts_pb2.StreamingSynthesizeRequest | None = config
         self._closed = False
 
@@ -533,17 +544,25 @@ class _Base:
         *,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        api_key: str | None = None,
         timeout: float | None = None,
     ) -> None:
+        """`root_certificates` (PEM) verifies the server; `certificate_chain` and
+        `private_key` (PEM) are this client's certificate for mTLS; `api_key` is sent as
+        ``authorization: Bearer <key>`` on every call."""
         self.address = address
         self.timeout = timeout
         self.last_summary: Summary | None = None
-        creds = _channel_credentials(tls, root_certificates)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        creds = _channel_credentials(tls, root_certificates, certificate_chain, private_key)
         grpc_mod: Any = grpc.aio if self._aio else grpc
+        options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
         if creds is None:
-            self._channel = grpc_mod.insecure_channel(address)
+            self._channel = grpc_mod.insecure_channel(address, options=options)
         else:
-            self._channel = grpc_mod.secure_channel(address, creds)
+            self._channel = grpc_mod.secure_channel(address, creds, options=options)
         self._stub = tts_pb2_grpc.TextToSpeechStub(self._channel)
 
     def _timeout(self, timeout: float | None) -> float | None:
@@ -566,7 +585,10 @@ class SupertonicClient(_Base):
         request) are raised as `SupertonicError` while iterating.
         """
         req = build_request(text, **options)
-        return Stream(self._stub.Synthesize(req, timeout=self._timeout(timeout)), self)
+        return Stream(
+            self._stub.Synthesize(req, timeout=self._timeout(timeout), metadata=self._metadata),
+            self,
+        )
 
     def streaming(
         self, *, timeout: float | None = None, **options: Unpack[StreamingOptions]
@@ -584,7 +606,9 @@ class SupertonicClient(_Base):
         """The whole clip in one reply (`SynthesizeOnce`); options as for `stream`."""
         req = build_request(text, **options)
         try:
-            reply = self._stub.SynthesizeOnce(req, timeout=self._timeout(timeout))
+            reply = self._stub.SynthesizeOnce(
+                req, timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
         clip = _clip(reply)
@@ -595,7 +619,7 @@ class SupertonicClient(_Base):
         """The server's voices, languages and model state."""
         try:
             reply = self._stub.ListVoices(
-                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout)
+                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
@@ -626,7 +650,10 @@ class AsyncSupertonicClient(_Base):
     ) -> AsyncStream:
         """Start a `Synthesize` stream; `async for` over it. Options as `build_request`."""
         req = build_request(text, **options)
-        return AsyncStream(self._stub.Synthesize(req, timeout=self._timeout(timeout)), self)
+        return AsyncStream(
+            self._stub.Synthesize(req, timeout=self._timeout(timeout), metadata=self._metadata),
+            self,
+        )
 
     def streaming(
         self, *, timeout: float | None = None, **options: Unpack[StreamingOptions]
@@ -640,7 +667,9 @@ class AsyncSupertonicClient(_Base):
         """The whole clip in one reply (`SynthesizeOnce`)."""
         req = build_request(text, **options)
         try:
-            reply = await self._stub.SynthesizeOnce(req, timeout=self._timeout(timeout))
+            reply = await self._stub.SynthesizeOnce(
+                req, timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
         clip = _clip(reply)
@@ -651,7 +680,7 @@ class AsyncSupertonicClient(_Base):
         """The server's voices, languages and model state."""
         try:
             reply = await self._stub.ListVoices(
-                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout)
+                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
