@@ -317,3 +317,26 @@ def test_streams_run_beside_synthesize_and_keep_their_own_audio(live_server) -> 
     t.join(120)
     assert len(results["unary"]) >= 1  # type: ignore[arg-type]
     assert summary is not None and summary.seed == 1 and len(chunks) == 2
+
+
+def test_synthesize_and_synthesize_once_attach_word_timings_when_asked(live_server) -> None:
+    stub = stub_for(live_server.address)
+    text = "Word timings, on Synthesize too. They are estimates."
+    kw = dict(text=text, steps=2, chunking=tts_pb2.ChunkingConfig(max_chunk_chars=40))
+    streamed = [
+        m.chunk
+        for m in stub.Synthesize(tts_pb2.SynthesizeRequest(**kw, enable_word_timings=True))
+        if m.HasField("chunk")
+    ]
+    once = stub.SynthesizeOnce(tts_pb2.SynthesizeRequest(**kw, enable_word_timings=True))
+    plain = stub.SynthesizeOnce(tts_pb2.SynthesizeRequest(**kw))
+    for chunks in (streamed, list(once.chunks)):
+        words = [w for c in chunks for w in c.words]
+        assert [w.word for w in words] == [w.strip(",.") for w in text.split()]
+        assert all(text[w.text_start : w.text_end] == w.word for w in words)
+        for c in chunks:
+            end = c.audio_offset_seconds + c.duration_seconds + 1e-9
+            assert all(
+                c.audio_offset_seconds <= w.start_seconds <= w.end_seconds <= end for w in c.words
+            )
+    assert all(not c.words for c in plain.chunks)

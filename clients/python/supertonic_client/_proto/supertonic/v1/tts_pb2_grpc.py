@@ -82,6 +82,10 @@ class TextToSpeechServicer(object):
         fragments or flushes; half-closing the request stream means "no more text": what is
         buffered is spoken, then the summary ends the call. Cancelling the call (barge-in)
         drops its queued work before the next model step.
+        Errors: a missing or repeated config is INVALID_ARGUMENT naming "config"; a bad config
+        field names it ("config.voice", ...); text beyond max_text_chars in total is
+        INVALID_ARGUMENT "text"; a call with no request message and no audio to send for the
+        server's stream_idle_s (default 30 s) ends with DEADLINE_EXCEEDED ("stream idle").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
