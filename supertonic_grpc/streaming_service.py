@@ -111,7 +111,6 @@ def buffer_delay_s(config: tts_pb2.StreamingSynthesizeConfig, default_ms: int) -
 class _SegmentStart:
     """The first chunk of a released segment, for the sentence-to-audio metric."""
 
-    chunk: int
     trigger: Trigger
     completed_at: float
     after_idle: bool  # the listener's audio had run out before the text was complete
@@ -147,6 +146,8 @@ class StreamingCall:
         self.segment_starts: dict[int, _SegmentStart] = {}
         self.segment_ends: set[int] = set()  # last chunk of each segment
         self.sent = 0
+        self.messages = 0
+        self.max_messages = 2 * self.settings.max_text_chars + 64
         self.input_closed = False
         self.finished = False  # the summary has been produced
         self.barged_in = False
@@ -177,6 +178,11 @@ class StreamingCall:
     # --- input ---------------------------------------------------------------------------
 
     def _on_request(self, req: tts_pb2.StreamingSynthesizeRequest, now: float) -> None:
+        self.messages += 1
+        if self.messages > self.max_messages:
+            # Each useful message adds text (or flushes it), so this only stops a client that
+            # keeps a call and the buffer's scans busy with empty messages.
+            raise invalid("request", f"more than {self.max_messages} messages in one call")
         kind = req.WhichOneof("request")
         if kind == "config":
             raise invalid("config", "only the first message may carry the config")
@@ -186,7 +192,8 @@ class StreamingCall:
                 raise invalid(
                     "text", f"{total} characters in total, at most {self.settings.max_text_chars}"
                 )
-            self._plan(self.buffer.push(req.text, now))
+            if req.text:
+                self._plan(self.buffer.push(req.text, now))
         elif kind == "flush":
             self._plan(self.buffer.flush(now))
         else:
@@ -208,7 +215,7 @@ class StreamingCall:
             idle = self.sent == len(self.stream.plan.chunks)  # nothing left to play
             if idle:
                 self.clock.idle_until(seg.completed_at)
-            self.segment_starts[first] = _SegmentStart(first, seg.trigger, seg.completed_at, idle)
+            self.segment_starts[first] = _SegmentStart(seg.trigger, seg.completed_at, idle)
             self.stream.extend(chunks)
             self.segment_ends.add(len(self.stream.plan.chunks) - 1)
         self._submit()

@@ -49,19 +49,15 @@ def test_light_client_under_oldest_and_newest_protobuf(live_server, venv, major)
     assert f"protobuf {major}" in out
 
 
-def test_pipecat_plugin_in_a_real_pipeline(live_server) -> None:
+@pytest.mark.parametrize(
+    ("venv", "tests"),
+    [(".venv-pipecat", "test_pipecat.py"), (".venv-livekit", "test_livekit.py")],
+    ids=["pipecat", "livekit"],
+)
+def test_agent_framework_plugin_with_the_real_framework(live_server, venv, tests) -> None:
     metrics = live_server.running.metrics
     before = metrics.barge_in_total._value.get()
-    out = run_client_tests(".venv-pipecat", live_server.address, "test_pipecat.py")
+    out = run_client_tests(venv, live_server.address, tests)
     assert "BARGE-IN-DONE" in out
     # The interruption cancelled the turn's call on the server.
-    assert metrics.barge_in_total._value.get() >= before + 1
-
-
-def test_livekit_plugin_with_the_real_framework(live_server) -> None:
-    metrics = live_server.running.metrics
-    before = metrics.barge_in_total._value.get()
-    out = run_client_tests(".venv-livekit", live_server.address, "test_livekit.py")
-    assert "BARGE-IN-DONE" in out
-    # Closing the stream mid-reply cancelled its call on the server.
     assert metrics.barge_in_total._value.get() >= before + 1

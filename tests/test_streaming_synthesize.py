@@ -340,3 +340,13 @@ def test_synthesize_and_synthesize_once_attach_word_timings_when_asked(live_serv
                 c.audio_offset_seconds <= w.start_seconds <= w.end_seconds <= end for w in c.words
             )
     assert all(not c.words for c in plain.chunks)
+
+
+def test_a_flood_of_empty_messages_is_refused(make_server) -> None:
+    server = make_server(max_text_chars=20)  # at most 2 * 20 + 64 messages per call
+    s = Session(stub_for(server.address))
+    s.send(config(), *[flush() for _ in range(60)], *[text("") for _ in range(60)], _CLOSE)
+    with pytest.raises(grpc.RpcError) as info:
+        s.rest()
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("request: more than 104 messages")
