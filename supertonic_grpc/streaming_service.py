@@ -301,6 +301,7 @@ class StreamingCall:
                     try:
                         result = self.stream.futures[k].result()
                     except Exception as exc:
+                        # Imported here: service.py imports this module.
                         from supertonic_grpc.service import _status_for
 
                         raise RequestError(*_status_for(exc)) from exc

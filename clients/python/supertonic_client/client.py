@@ -229,7 +229,7 @@ def _chunk(msg: tts_pb2.AudioChunk, decode: bool = True) -> Chunk:
         duration_seconds=msg.duration_seconds,
         timings=ChunkTimings(t.queue_seconds, t.compute_seconds, t.batch_size),
         piece=msg.piece,
-        last_piece=msg.last_piece or not msg.piece,
+        last_piece=msg.last_piece,
         words=tuple(
             WordTiming(w.word, w.text_start, w.text_end, w.start_seconds, w.end_seconds)
             for w in msg.words
