@@ -29,6 +29,9 @@ __all__ = ["PRIORITIES", "REJECT_REASONS", "Metrics", "PlaybackClock"]
 PREFIX = "supertonic"
 PRIORITIES = ("high", "normal")
 REJECT_REASONS = ("queue_full", "too_many_streams", "draining")
+# The service's RPCs, and those that observe time to first audio.
+RPCS = ("Synthesize", "SynthesizeOnce", "ListVoices")
+AUDIO_RPCS = ("Synthesize", "SynthesizeOnce")
 
 # Time to first audio: tens of milliseconds on a warm GPU, seconds on a loaded CPU.
 LATENCY_BUCKETS = (
@@ -146,6 +149,11 @@ class Metrics:
             self.queue_depth.labels(priority=priority).set(0)
         for reason in REJECT_REASONS:
             self.rejected_total.labels(reason=reason)
+        # A series born with its first observations hides them from rate(): start at 0.
+        for rpc in RPCS:
+            self.requests_total.labels(rpc=rpc, code="OK")
+        for rpc in AUDIO_RPCS:
+            self.time_to_first_audio_seconds.labels(rpc=rpc)
 
     def set_model_info(
         self, *, state: str, device: str, dtype: str, compiled: bool, version: str

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -56,3 +58,40 @@ def prom_api(base_url: str, path: str, **params: str) -> Any:
     body = json.loads(http_get(f"{base_url}/api/v1/{path}{query}"))
     assert body.get("status") == "success", body
     return body["data"]
+
+
+class Daemon:
+    """A helper process (Prometheus, nginx) logging to a file; stopped with SIGTERM, then
+    SIGKILL, on `stop()` or at the end of a `with` block."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Daemon:
+        with self.log_path.open("wb") as log_file:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
