@@ -226,6 +226,23 @@ def test_prometheus_evaluates_every_rule_without_error(prom: PromRun) -> None:
         assert rule["health"] == "ok", (name, rule.get("lastError"))
 
 
+def test_the_hpa_metric_of_prometheus_adapter_returns_data(prom: PromRun) -> None:
+    rules = yaml.safe_load((DEPLOY / "k8s" / "prometheus-adapter" / "rules.yaml").read_text())
+    for rule in rules["rules"]:
+        # What the adapter sends for one pod; here the target's job/instance stand in for
+        # the namespace/pod labels the Prometheus Operator adds in a cluster.
+        series = rule["seriesQuery"].split("{")[0]
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.Series>>", series)
+            .replace("<<.LabelMatchers>>", f'job="{prom.job}",instance="{prom.instance}"')
+            .replace("<<.GroupBy>>", "instance")
+        )
+        result = prom_api(prom.url, "query", query=query)["result"]
+        assert _problem(query, result) is None, query
+        assert result[0]["metric"] == {"instance": prom.instance}
+
+
 def test_demo_weights_alert_goes_off_for_a_demo_server(prom: PromRun) -> None:
     # The test server runs demo weights: the alert must at least be pending (its `for` is
     # one minute, longer than this test waits).
