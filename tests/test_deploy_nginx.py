@@ -250,6 +250,11 @@ def test_go_client_round_robin_over_several_addresses(
     assert (tmp_path / "rr.wav").stat().st_size > 44
 
 
+def test_python_client_refuses_a_malformed_service_config() -> None:
+    with pytest.raises(ValueError):
+        SupertonicClient("127.0.0.1:1", service_config="{round_robin")
+
+
 @dataclass
 class StreamResult:
     started: float
