@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -167,30 +168,65 @@ class _RefuseFirst(tts_pb2_grpc.TextToSpeechServicer):
         yield tts_pb2.SynthesizeResponse(summary=tts_pb2.SynthesizeSummary(chunks=1))
 
 
-@pytest.mark.parametrize("service_config", [SERVICE_CONFIG, None], ids=["retry", "no-retry"])
-def test_unavailable_at_stream_start_is_retried_through_nginx(
-    service_config: str | None, tmp_path: Path
-) -> None:
-    servicer = _RefuseFirst(refuse=2)
+@contextlib.contextmanager
+def refusing_upstream(refuse: int) -> Iterator[tuple[_RefuseFirst, str]]:
+    servicer = _RefuseFirst(refuse)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, server)
     upstream = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     server.start()
     try:
-        with (
-            run_nginx([upstream], tmp_path) as proxy,
-            SupertonicClient(proxy.address, timeout=30, service_config=service_config) as tts,
-        ):
-            if service_config is None:
-                with pytest.raises(SupertonicError) as refused:
-                    list(tts.stream("Hi."))
-                assert refused.value.code is grpc.StatusCode.UNAVAILABLE
-                assert servicer.calls == 1
-            else:
-                assert len(list(tts.stream("Hi."))) == 1
-                assert servicer.calls == 3  # two refusals, retried, then served
+        yield servicer, upstream
     finally:
         server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def say() -> Path:
+    """The Go client, built offline (clients/go/build.sh)."""
+    require_tool("go", "go-tools")
+    build = subprocess.run(
+        [str(GO_DIR / "build.sh")], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert build.returncode == 0, build.stderr
+    return GO_DIR / "bin" / "say"
+
+
+@pytest.mark.parametrize("service_config", [SERVICE_CONFIG, None], ids=["retry", "no-retry"])
+def test_unavailable_at_stream_start_is_retried_through_nginx(
+    service_config: str | None, tmp_path: Path
+) -> None:
+    with (
+        refusing_upstream(refuse=2) as (servicer, upstream),
+        run_nginx([upstream], tmp_path) as proxy,
+        SupertonicClient(proxy.address, timeout=30, service_config=service_config) as tts,
+    ):
+        if service_config is None:
+            with pytest.raises(SupertonicError) as refused:
+                list(tts.stream("Hi."))
+            assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+            assert servicer.calls == 1
+        else:
+            assert len(list(tts.stream("Hi."))) == 1
+            assert servicer.calls == 3  # two refusals, retried, then served
+
+
+def test_go_client_retries_unavailable_through_nginx(say: Path, tmp_path: Path) -> None:
+    config = tmp_path / "service_config.json"
+    config.write_text(SERVICE_CONFIG)
+    with (
+        refusing_upstream(refuse=2) as (servicer, upstream),
+        run_nginx([upstream], tmp_path) as proxy,
+    ):
+        argv = [str(say), "-addr", proxy.address, "-service-config", str(config)]
+        argv += ["-text", "Hi.", "-o", str(tmp_path / "retry.wav")]
+        # grpc-go before 1.40 (Debian's is 1.33) applies retry policies only when asked.
+        env = {**os.environ, "GRPC_GO_RETRY": "on"}
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=env
+        )
+        assert result.returncode == 0, result.stderr
+        assert servicer.calls == 3
 
 
 def _streams(address: str, count: int, service_config: str | None = None) -> None:
@@ -224,17 +260,12 @@ def test_python_client_round_robin_over_several_addresses(replicas: list[Spawned
 
 
 def test_go_client_round_robin_over_several_addresses(
-    replicas: list[SpawnedServer], tmp_path: Path
+    replicas: list[SpawnedServer], say: Path, tmp_path: Path
 ) -> None:
-    require_tool("go", "go-tools")
-    build = subprocess.run(
-        [str(GO_DIR / "build.sh")], capture_output=True, text=True, timeout=600, check=False
-    )
-    assert build.returncode == 0, build.stderr
     config = tmp_path / "service_config.json"
     config.write_text(SERVICE_CONFIG)
     argv = [
-        str(GO_DIR / "bin" / "say"),
+        str(say),
         *("-addr", ",".join(r.address for r in replicas)),
         *("-service-config", str(config), "-repeat", "6", "-steps", "1"),
         *("-text", SHORT, "-o", str(tmp_path / "rr.wav")),
