@@ -129,10 +129,16 @@ def run_nginx(upstreams: list[str], work: Path) -> Iterator[Nginx]:
     main = work / "nginx.conf"
     main.write_text(nginx_main_conf(work, site))
     check = subprocess.run(
-        [binary, "-t", "-p", str(work), "-c", str(main)], capture_output=True, text=True, timeout=30
+        [binary, "-t", "-p", str(work), "-e", str(work / "error.log"), "-c", str(main)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert check.returncode == 0, check.stderr
-    with Daemon([binary, "-p", str(work), "-c", str(main)], work / "nginx.out") as daemon:
+    with Daemon(
+        [binary, "-p", str(work), "-e", str(work / "error.log"), "-c", str(main)],
+        work / "nginx.out",
+    ) as daemon:
         wait_for(
             lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 30, "nginx"
         )
