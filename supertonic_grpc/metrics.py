@@ -29,9 +29,6 @@ __all__ = ["PRIORITIES", "REJECT_REASONS", "Metrics", "PlaybackClock"]
 PREFIX = "supertonic"
 PRIORITIES = ("high", "normal")
 REJECT_REASONS = ("queue_full", "too_many_streams", "draining")
-# The service's RPCs, and those that observe time to first audio.
-RPCS = ("Synthesize", "SynthesizeOnce", "ListVoices")
-AUDIO_RPCS = ("Synthesize", "SynthesizeOnce")
 
 # Time to first audio: tens of milliseconds on a warm GPU, seconds on a loaded CPU.
 LATENCY_BUCKETS = (
@@ -46,6 +43,9 @@ COMPUTE_BUCKETS = (
     0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# The service's RPCs, and those that observe time to first audio.
+RPCS = ("Synthesize", "SynthesizeOnce", "ListVoices")
+AUDIO_RPCS = ("Synthesize", "SynthesizeOnce")
 
 
 # An HTTP route beside /metrics: () -> (status line, content type, body).

@@ -63,11 +63,11 @@ type options struct {
 	steps          int
 	rate           int
 	seed           optionalUint64
+	serviceConfig  string
+	repeat         int
 	out            string
 	timeout        time.Duration
 	connectTimeout time.Duration
-	serviceConfig  string
-	repeat         int
 }
 
 func parseFlags(args []string) (*options, error) {
