@@ -44,7 +44,11 @@ def _kubectl() -> str:
 @cache
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
     result = subprocess.run(
-        [_kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
+        [
+            _kubectl(),
+            "kustomize",
+            str(K8S / ("base" if overlay == "base" else f"overlays/{overlay}")),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -81,7 +85,7 @@ def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_core_object_validates_against_the_kubernetes_schema(
     overlay: str, version: str
