@@ -26,8 +26,9 @@ of any call.
 
 from __future__ import annotations
 
+import json
 import queue
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
@@ -362,6 +363,17 @@ def _channel_credentials(
     )
 
 
+def _channel_options(service_config: str | Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    """Channel options for a gRPC service config (JSON text or a dict), e.g. the shipped
+    deploy/grpc/service_config.json: round_robin over every address the target resolves to
+    and retries of UNAVAILABLE at stream start (a replica that is draining)."""
+    if service_config is None:
+        return []
+    text = service_config if isinstance(service_config, str) else json.dumps(service_config)
+    json.loads(text)  # fail here, not inside the channel, on malformed JSON
+    return [("grpc.service_config", text), ("grpc.enable_retries", 1)]
+
+
 class Stream(Iterator[Chunk]):
     """The chunks of one `Synthesize` call, in order; `summary` is set once it has ended."""
 
@@ -548,6 +560,7 @@ class _Base:
         private_key: bytes | None = None,
         api_key: str | None = None,
         timeout: float | None = None,
+        service_config: str | Mapping[str, Any] | None = None,
     ) -> None:
         """`root_certificates` (PEM) verifies the server; `certificate_chain` and
         `private_key` (PEM) are this client's certificate for mTLS; `api_key` is sent as
@@ -558,7 +571,10 @@ class _Base:
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         creds = _channel_credentials(tls, root_certificates, certificate_chain, private_key)
         grpc_mod: Any = grpc.aio if self._aio else grpc
-        options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        options = [
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            *_channel_options(service_config),
+        ]
         if creds is None:
             self._channel = grpc_mod.insecure_channel(address, options=options)
         else:
@@ -573,6 +589,9 @@ class SupertonicClient(_Base):
     """Blocking client over one gRPC channel. Use as a context manager or call `close()`.
 
     `timeout` (seconds) is the default deadline of every call; each method can override it.
+    `service_config` (JSON text or a dict) sets load balancing and retries; `address` may
+    name several replicas, e.g. "dns:///tts-headless:50051" (every address the name
+    resolves to) or "ipv4:10.0.0.1:50051,10.0.0.2:50051".
     """
 
     def stream(
