@@ -28,7 +28,7 @@ import numpy as np
 from supertonic_grpc import audio
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.playback import PlaybackClock
-from supertonic_grpc.rpc import Call
+from supertonic_grpc.rpc import Call, cancel_code
 from supertonic_grpc.scheduler import JobResult, Ticket
 from supertonic_grpc.streams import ChunkStream
 from supertonic_grpc.text.stream_buffer import Segment, StreamBuffer, Trigger
@@ -126,8 +126,10 @@ class StreamingCall:
         config: tts_pb2.StreamingSynthesizeConfig,
         voicing: Voicing,
         started: float,
+        context: grpc.aio.ServicerContext,
     ) -> None:
         self.svc = svc
+        self.context = context
         self.settings = svc.settings
         self.requests = requests
         self.voicing = voicing
@@ -163,7 +165,8 @@ class StreamingCall:
             self._count_barge_in()
 
     def _count_barge_in(self) -> None:
-        if not self.barged_in:
+        # Only the client's own cancel is a barge-in, not its deadline running out.
+        if not self.barged_in and cancel_code(self.context) is grpc.StatusCode.CANCELLED:
             self.barged_in = True
             self.svc.metrics.barge_in_total.inc()
 
@@ -322,7 +325,10 @@ class StreamingCall:
                         f"{self.settings.stream_idle_s:g} s; half-close the stream to finish",
                     )
         except (asyncio.CancelledError, GeneratorExit):
-            self._count_barge_in()  # the client left (or its deadline passed) mid-call
+            self._count_barge_in()  # the client left mid-call
+            raise
+        except BaseException:
+            self.finished = True  # ended by the server (a bad message, idle): no barge-in
             raise
         finally:
             # Drop the queued work first, before any await can delay it.
@@ -358,6 +364,7 @@ async def open_call(
     svc: TextToSpeechService,
     requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
     started: float,
+    context: grpc.aio.ServicerContext,
 ) -> StreamingCall:
     """Read and validate the config message. Raises RequestError."""
     try:
@@ -377,7 +384,7 @@ async def open_call(
         streaming=True,
         prefix="config.",
     )
-    return StreamingCall(svc, requests, config, voicing, started)
+    return StreamingCall(svc, requests, config, voicing, started, context)
 
 
 async def streaming_synthesize(
@@ -386,7 +393,7 @@ async def streaming_synthesize(
     call: Call,
 ) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
     """The RPC's handler under `rpc.Rpcs` (which owns its code, count and slot)."""
-    session = await open_call(svc, requests, call.started)
+    session = await open_call(svc, requests, call.started, call.context)
     # gRPC does not always cancel a bidi handler's task when the client cancels (it may
     # only notice at the next write), so the call's end is watched directly: a barge-in
     # drops the queued work at once and wakes the loop.

@@ -350,3 +350,16 @@ def test_a_flood_of_empty_messages_is_refused(make_server) -> None:
         s.rest()
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("request: more than 104 messages")
+
+
+def test_server_side_errors_are_not_counted_as_barge_in(make_server) -> None:
+    server = make_server(stream_idle_s=0.3)
+    for messages in ([config(), config()], [config(), text("Hello.")]):  # bad, then idle
+        s = Session(stub_for(server.address))
+        s.send(*messages)
+        with pytest.raises(grpc.RpcError):
+            s.rest()
+        s.close()
+    assert wait_until(lambda: server.running.service.active == 0)
+    text_ = server.running.metrics.render().decode()
+    assert sample(text_, "supertonic_barge_in_total") == 0
