@@ -27,8 +27,10 @@ from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.rpc import Call, Limits, Rpcs
 from supertonic_grpc.scheduler import JobResult, Scheduler, SchedulerStopped
 from supertonic_grpc.settings import Settings
+from supertonic_grpc.streaming_service import streaming_synthesize
 from supertonic_grpc.streams import ChunkStream
-from supertonic_grpc.text import LANGUAGES, Tokenizer
+from supertonic_grpc.text import LANGUAGES, TextChunk, Tokenizer
+from supertonic_grpc.text.timings import word_timings
 from supertonic_grpc.validation import (
     NATIVE_RATE,
     Plan,
@@ -56,6 +58,20 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, EngineError):
         return grpc.StatusCode.INTERNAL, f"model failure: {exc}"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+def _word_timings(c: TextChunk, duration_s: float, offset: float) -> list[tts_pb2.WordTiming]:
+    """Estimated word timings of one chunk, in the stream's offsets and audio timeline."""
+    return [
+        tts_pb2.WordTiming(
+            word=w.word,
+            text_start=w.start,
+            text_end=w.end,
+            start_seconds=w.start_s,
+            end_seconds=w.end_s,
+        )
+        for w in word_timings(c.text, duration_s, offset=c.start, start_s=offset)
+    ]
 
 
 class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
@@ -175,6 +191,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                 compute_seconds=result.compute_s,
                 batch_size=result.batch_size,
             ),
+            words=_word_timings(c, result.synthesized.duration_s, offset)
+            if plan.word_timings
+            else (),
         )
 
     def _summary(
@@ -330,6 +349,18 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             sample_rate_hz=plan.sample_rate,
             chunks=chunks,
             summary=summary,
+        )
+
+    async def StreamingSynthesize(
+        self,
+        request_iterator: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await self.rpcs.stream(
+            "StreamingSynthesize",
+            request_iterator,
+            context,
+            lambda requests, call: streaming_synthesize(self, requests, call),
         )
 
     async def ListVoices(

@@ -85,6 +85,14 @@ class Settings:
     lookahead_chunks: int = field(
         default=2, metadata={"help": "chunks of one stream queued or computing at once"}
     )
+    stream_idle_s: float = field(
+        default=30.0,
+        metadata={"help": "StreamingSynthesize: end a call with no request and no audio this long"},
+    )
+    stream_buffer_delay_ms: int = field(
+        default=800,
+        metadata={"help": "StreamingSynthesize: speak stalled text after this (0 < ms <= 10000)"},
+    )
     default_voice: str = field(default="M1", metadata={"help": "voice when a request names none"})
     default_steps: int = field(default=5, metadata={"help": "flow steps when a request has 0"})
     warmup: bool = field(default=True, metadata={"help": "run warm-up batches before SERVING"})
