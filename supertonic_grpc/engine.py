@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from supertonic_grpc import backends
 from supertonic_grpc.model import Supertonic
 from supertonic_grpc.voices import Voice
 
@@ -104,6 +105,7 @@ class Engine:
         compile_mode: str = "default",
         length_multiple: int = 1,
         demo_pacing: float | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.device = pick_device(device) if isinstance(device, str) else device
         if self.device.type == "cpu":
@@ -114,6 +116,9 @@ class Engine:
             raise ValueError("reduced precision is for GPUs; use float32 on CPU")
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval()
+        # Layouts, packed weights and precision: see supertonic_grpc.backends. The model is
+        # prepared in place, so it belongs to this engine from here on.
+        self.precision = backends.prepare(self.model, self.device, precision, compile)
         cfg = model.config
         self.sample_rate = cfg.sample_rate
         self.frame_samples = cfg.samples_per_frame
