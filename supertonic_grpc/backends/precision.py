@@ -10,6 +10,7 @@ computed in float32.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -84,9 +85,14 @@ class PointwiseMLP:
 
 
 def _int8_pack(w: torch.Tensor, b: torch.Tensor) -> object:
+    """Symmetric per-output-channel int8 weights, packed for `quantized.linear_dynamic`."""
     scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.quantize_per_channel(
-        w.float().contiguous(), scale.double(), torch.zeros_like(scale, dtype=torch.long),
-        0, torch.qint8,
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates quantized tensors (the dynamic int8 kernels still need them);
+        # int8 is the least useful option here anyway (bf16 is faster and closer on AMX).
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.quantize_per_channel(
+            w.float().contiguous(), scale.double(), torch.zeros_like(scale, dtype=torch.long),
+            0, torch.qint8,
+        )  # fmt: skip
     return torch.ops.quantized.linear_prepack(q, b.float().contiguous())
