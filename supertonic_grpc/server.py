@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_grpc.backends import parse_precision
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, pick_device
 from supertonic_grpc.metrics import Metrics
@@ -66,10 +67,14 @@ class RunningServer:
 
 
 def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
-    """The engine for these settings (device, dtype, compile, demo pacing)."""
+    """The engine for these settings (device, dtype, precision, compile, demo pacing)."""
     device = pick_device(settings.device)
     if settings.dtype not in _DTYPES:
         raise ValueError(f"--dtype: {settings.dtype!r} is not one of {', '.join(_DTYPES)}")
+    try:
+        precision = parse_precision(settings.precision)
+    except ValueError as exc:
+        raise ValueError(f"--precision: {exc}") from None
     return Engine(
         bundle.model,
         device=device,
@@ -78,6 +83,7 @@ def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
         compile_mode=settings.compile_mode,
         length_multiple=16 if settings.compile else 1,
         demo_pacing=DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
+        precision=precision,
     )
 
 

@@ -30,6 +30,13 @@ class Settings:
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     dtype: str = field(default="float32", metadata={"help": "float32, or bfloat16/float16 on GPU"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, bf16 (CPU with AVX512-BF16/AMX, GPU) or int8 (CPU): the ConvNeXt "
+            "MLPs' arithmetic; time embedding, rotary positions, Euler update and masks stay fp32"
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     compile_mode: str = field(
         default="default",
