@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,10 @@ def export_stages(model: Supertonic, cache_dir: Path = DEFAULT_CACHE) -> dict[st
         tmp = paths[stage].with_suffix(".tmp")
         log.info("exporting %s to %s", stage, paths[stage])
         try:
-            with torch.no_grad():
+            # The TorchScript exporter warns about itself and about traced shapes; it is the
+            # one that handles these graphs with every axis dynamic.
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 torch.onnx.export(
                     getattr(model, stage), args, str(tmp), input_names=names,
                     output_names=["out"], dynamic_axes=axes, dynamo=False,
