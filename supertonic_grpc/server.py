@@ -99,6 +99,7 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
         compiled=settings.compile,
         version=bundle.config.version,
     )
+    engine.on_oom_split = metrics.oom_splits_total.inc
     scheduler = Scheduler(
         engine,
         max_batch=settings.resolved_max_batch(engine.device.type),
