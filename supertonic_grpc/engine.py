@@ -155,6 +155,7 @@ class Engine:
         compile_mode: str = "default",
         length_multiple: int = 1,
         row_buckets: Sequence[int] | None = None,
+        length_buckets: Sequence[int] = (),
         demo_pacing: float | None = None,
         precision: str = "fp32",
         noise_on_device: bool | None = None,
@@ -185,6 +186,8 @@ class Engine:
         self.latent_channels = cfg.latent_channels
         # Padding lengths to a multiple bounds how many shapes a compiled graph meets.
         self.length_multiple = max(1, length_multiple)
+        # Or to the smallest of a few fixed lengths (GPU + CUDA graphs: one graph per bucket).
+        self.length_buckets = tuple(sorted({min(int(n), MAX_POSITIONS) for n in length_buckets}))
         # Batch rows padded up to a bucket (masked rows, not gathered ones): with lengths
         # bucketed too, a compiled graph or CUDA graph meets a small fixed set of shapes.
         # On CPU a padded row costs as much as a real one, so the default is exact rows.
@@ -288,6 +291,10 @@ class Engine:
         self.oom_splits += 1
         self.on_oom_split()
 
+    def _pad_length(self, n: int) -> int:
+        """Padded length for `n` positions: a length bucket, else a multiple."""
+        return next((b for b in self.length_buckets if b >= n), _round_up(n, self.length_multiple))
+
     def _rows(self, n: int) -> int:
         """Batch rows for `n` items: the smallest bucket that holds them, else exactly n."""
         return next((r for r in self.row_buckets if r >= n), n)
@@ -296,7 +303,7 @@ class Engine:
         dev, dt = self.device, self.dtype
         b = len(items)
         lengths = [len(u.token_ids) for u in items]
-        t_max = _round_up(max(lengths), self.length_multiple)
+        t_max = self._pad_length(max(lengths))
         ids = torch.zeros(b, t_max, dtype=torch.long)
         text_mask = torch.zeros(b, 1, t_max)
         for i, u in enumerate(items):
@@ -344,8 +351,8 @@ class Engine:
         dev, dt = self.device, self.dtype
         n = len(flights)
         rows = self._rows(n)
-        t_max = _round_up(max(f.text_emb.shape[-1] for f in flights), self.length_multiple)
-        l_max = min(_round_up(max(f.frames for f in flights), self.length_multiple), MAX_POSITIONS)
+        t_max = self._pad_length(max(f.text_emb.shape[-1] for f in flights))
+        l_max = min(self._pad_length(max(f.frames for f in flights)), MAX_POSITIONS)
         first = flights[0]
         x = torch.zeros(rows, self.latent_channels, l_max, device=dev, dtype=dt)
         text_emb = torch.zeros(rows, first.text_emb.shape[1], t_max, device=dev, dtype=dt)
@@ -386,7 +393,7 @@ class Engine:
             wavs = [self._vocoder(f.latent[:, :, lo:end])[0] for f, lo, _, end in windows]
         else:
             # Right padding never reaches earlier samples of a causal decoder.
-            width = _round_up(max(end - lo for _, lo, _, end in windows), self.length_multiple)
+            width = self._pad_length(max(end - lo for _, lo, _, end in windows))
             batch = torch.zeros(
                 self._rows(len(windows)), self.latent_channels, width, device=self.device,
                 dtype=self.dtype,

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
-from supertonic_grpc.backends import parse_precision
+from supertonic_grpc.backends import gpu, parse_precision
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, pick_device
 from supertonic_grpc.metrics import Metrics
@@ -82,6 +82,8 @@ def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
         compile=settings.compile,
         compile_mode=settings.compile_mode,
         length_multiple=16 if settings.compile else 1,
+        # CUDA graphs: a small fixed set of lengths, all recorded before SERVING.
+        length_buckets=gpu.GPU_LENGTH_BUCKETS if settings.compile and device.type == "cuda" else (),
         demo_pacing=DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
         precision=precision,
     )
@@ -178,6 +180,9 @@ async def _warm_up(running: RunningServer, engine: Engine, settings: Settings) -
         fut = running.scheduler.call(lambda _: engine.warmup(sizes, lengths, voice=voice))
         seconds = await asyncio.wrap_future(fut)
         log.info("warm-up done in %.1f s (batches %s, text lengths %s)", seconds, sizes, lengths)
+        if settings.compile and engine.device.type == "cuda":
+            fut = running.scheduler.call(lambda _: gpu.warm_up_engine(engine, max_batch))
+            log.info("recorded %d bucketed shapes", await asyncio.wrap_future(fut))
     running.service.ready = True
     running.metrics.model_warm.set(1)
     for name in ("", SERVICE_NAME):

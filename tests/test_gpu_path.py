@@ -112,3 +112,46 @@ def test_warm_up_runs_every_bucket_enough_times_and_refuses_too_many() -> None:
 def test_pinned_transfer_is_a_plain_copy_on_cpu() -> None:
     t = torch.arange(4)
     assert torch.equal(gpu.to_device(t, torch.device("cpu"), torch.float32), t.float())
+
+
+def _spy(engine: Engine, attr: str) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    real = getattr(engine, attr)
+
+    def call(x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape) + tuple(rest[0].shape[-1:]) if rest else tuple(x.shape))
+        return real(x, *rest)
+
+    setattr(engine, attr, call)
+    return shapes
+
+
+@pytest.mark.slow
+def test_mixed_steps_and_lengths_meet_only_bucketed_shapes(bundle: ModelBundle) -> None:
+    engine = Engine(bundle.model, device="cpu", row_buckets=(4,), length_buckets=(64, 128))
+    shapes = _spy(engine, "_step")
+    voice = bundle.voices.get("F2")
+    items = [
+        Utterance([7 + i % 40 for i in range(n)], voice, steps=s, seed=n)
+        for n, s in ((12, 1), (40, 3), (25, 2))
+    ]
+    engine.synthesize(items)
+    # Three flow steps with 3, 2 and 1 items left: the same padded shape every time.
+    assert len(shapes) == 3
+    assert set(shapes) == {(4, engine.latent_channels, 64, 64)}
+
+
+@pytest.mark.slow
+def test_warm_up_engine_records_every_bucket(bundle: ModelBundle) -> None:
+    engine = Engine(bundle.model, device="cpu", row_buckets=(1, 2, 4), length_buckets=(16, 32))
+    steps, vocoded = _spy(engine, "_step"), _spy(engine, "_vocoder")
+    assert gpu.warm_up_engine(engine, max_rows=2) == 2 * 2 * 2 + 2 * 2
+    want = {
+        (r, engine.latent_channels, lat, txt)
+        for r in (1, 2)
+        for lat in (16, 32)
+        for txt in (16, 32)
+    }
+    assert set(steps) == want
+    assert all(steps.count(s) == gpu.RUNS_TO_RECORD for s in want)
+    assert {s[0] for s in vocoded} == {1, 2}

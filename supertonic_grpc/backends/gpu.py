@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 # torch.compile's cudagraph trees: the first runs are eager warm-up, a later one records.
 RUNS_TO_RECORD = 3
+# Padded text and latent lengths with CUDA graphs on: with the row buckets up to a batch of
+# 32 that is 6 x 4 x 4 = 96 flow-step graphs (and 24 vocoder ones), all recorded at start.
+GPU_LENGTH_BUCKETS = (128, 256, 512, 1000)
+MAX_GRAPHS = 128
 
 
 def seeded_noise(seed: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -107,3 +111,35 @@ def warm_up_shapes(
         for _ in range(runs):
             step(*shape)
     return shapes
+
+
+def warm_up_engine(engine: Any, max_rows: int, max_shapes: int = MAX_GRAPHS) -> int:
+    """Record every flow-step and vocoder bucket of `engine` up to `max_rows` rows, on dummy
+    inputs; returns how many shapes. Call it on the thread that will run the model."""
+    rows = [r for r in engine.row_buckets if r <= max_rows] or [max_rows]
+    lengths = list(engine.length_buckets) or [64]
+    cfg = engine.model.config
+    dev, dt = engine.device, engine.dtype
+
+    def step(r: int, latent: int, text: int) -> None:
+        with torch.inference_mode():
+            engine._step(
+                torch.zeros(r, engine.latent_channels, latent, device=dev, dtype=dt),
+                torch.zeros(r, cfg.vector_field.text_dim, text, device=dev, dtype=dt),
+                torch.zeros(r, cfg.text_encoder.style_tokens, cfg.text_encoder.dim, device=dev,
+                            dtype=dt),
+                torch.ones(r, 1, latent, device=dev, dtype=dt),
+                torch.ones(r, 1, text, device=dev, dtype=dt),
+                torch.zeros(r, device=dev, dtype=dt),
+                torch.ones(r, device=dev, dtype=dt),
+            )  # fmt: skip
+
+    def vocode(r: int, latent: int, _text: int) -> None:
+        with torch.inference_mode():
+            engine._vocoder(torch.zeros(r, engine.latent_channels, latent, device=dev, dtype=dt))
+
+    n = len(warm_up_shapes(step, rows, lengths, lengths, max_shapes))
+    n += len(warm_up_shapes(vocode, rows, lengths, [0], max_shapes))
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return n
