@@ -44,6 +44,7 @@ from benchmarks.report import (
 )
 from loadtest.spawn import SpawnError
 from supertonic_grpc import bench_serving
+from supertonic_grpc.backends.gpu import GPU_LENGTH_BUCKETS
 from supertonic_grpc.bench_serving import ServingConfig
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import (
@@ -131,13 +132,18 @@ def _engines(bundle: ModelBundle, args: argparse.Namespace, report: Report) -> d
     # An engine prepares its model in place: every other mode starts from this copy.
     pristine = copy.deepcopy(bundle.model)
     engines: dict[str, Any] = {EAGER: Engine(bundle.model, **kwargs)}
+    precisions = compare.parse_precisions(args.precisions)
+    engines.update(compare.reduced_engines(pristine, precisions, **kwargs))
     if args.compile and not args.no_compile:
-        engines[COMPILED] = Engine(
-            copy.deepcopy(pristine), compile=True, length_multiple=16, **kwargs
-        )
-    engines.update(
-        compare.reduced_engines(pristine, compare.parse_precisions(args.precisions), **kwargs)
-    )
+        # One compiled row per precision; CUDA graphs want the fixed GPU length buckets.
+        cuda = engines[EAGER].device.type == "cuda"
+        for p in precisions:
+            mode = COMPILED if p == "fp32" else f"{COMPILED}-{p}"
+            engines[mode] = Engine(
+                copy.deepcopy(pristine), compile=True, compile_mode=args.compile_mode,
+                length_multiple=16, length_buckets=GPU_LENGTH_BUCKETS if cuda else (),
+                precision=p, **kwargs,
+            )  # fmt: skip
     if args.no_onnx:
         report.onnxruntime_note = "ONNX Runtime baseline skipped (--no-onnx)"
     elif engines[EAGER].device.type != "cpu":
@@ -159,7 +165,7 @@ def _warm_up(engines: dict[str, Engine], workloads: list[list[Utterance]], repor
             for items in workloads:
                 engines[mode].synthesize(items)
         except EngineError as exc:
-            if mode != COMPILED:
+            if not mode.startswith(COMPILED):
                 raise
             # Dynamo's message spans lines and ends in advice; keep the lines that say what.
             said = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -280,6 +286,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--no-compile", action="store_true", help="skip torch.compile (the default; wins)"
+    )
+    p.add_argument(
+        "--compile-mode", default="default", help="with --compile: default, reduce-overhead, ..."
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
