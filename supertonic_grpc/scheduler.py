@@ -265,6 +265,11 @@ class Scheduler:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def alive(self) -> bool:
+        """Whether the scheduler thread is still there to run batches."""
+        return self._thread is not None and self._thread.is_alive()
+
     # --- the scheduler thread --------------------------------------------------------------
 
     def _loop(self) -> None:

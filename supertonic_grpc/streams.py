@@ -8,7 +8,9 @@ would run out of audio as deadline. Results come back from the scheduler thread 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Sequence
 
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND
 from supertonic_grpc.playback import PlaybackClock
@@ -32,6 +34,11 @@ class ChunkStream:
         self.loop = asyncio.get_running_loop()
         self.futures: list[asyncio.Future[JobResult]] = []
         self.estimates = [_estimate_seconds(c) for c in plan.chunks]
+
+    def extend(self, chunks: Sequence[PlannedChunk]) -> None:
+        """Append chunks planned after the stream started (StreamingSynthesize's text)."""
+        self.plan = dataclasses.replace(self.plan, chunks=(*self.plan.chunks, *chunks))
+        self.estimates += [_estimate_seconds(c) for c in chunks]
 
     def submit_next(self, clock: PlaybackClock | None) -> None:
         """Queue the next chunk; its deadline is when its listener would run out of audio."""

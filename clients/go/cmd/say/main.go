@@ -2,12 +2,18 @@
 //
 //	say -addr localhost:50051 -text "Hello there." -voice M1 -o hello.wav
 //
+// Several replicas: -addr a:50051,b:50051 (client-side balancing over the list) or
+// -addr dns:///tts-headless:50051 (every address a headless Service's name resolves to),
+// with -service-config deploy/grpc/service_config.json for round_robin and retries.
+//
 // Progress goes to stderr. On any failure it prints one line, "say: <error>", to stderr
 // and exits 1, so scripts and tests can rely on the shape of the output.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -21,6 +27,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/supertonic-grpc/clients/go/supertonicv1"
@@ -57,17 +67,31 @@ type options struct {
 	steps          int
 	rate           int
 	seed           optionalUint64
+	serviceConfig  string
+	repeat         int
 	out            string
 	timeout        time.Duration
 	connectTimeout time.Duration
+	tls            bool
+	tlsCA          string
+	tlsCert        string
+	tlsKey         string
+	apiKey         string
 }
+
+// maxReceiveBytes matches the largest reply a server may be configured to send.
+const maxReceiveBytes = 64 << 20
 
 func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("say", flag.ContinueOnError)
 	// Usage goes to stderr in full only for -h; parse errors are reported as one line.
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&o.addr, "addr", "localhost:50051", "server address host:port")
+	fs.StringVar(&o.addr, "addr", "localhost:50051",
+		"server address host:port, a gRPC target (dns:///name:port), or host:port,host:port,...")
+	fs.StringVar(&o.serviceConfig, "service-config", "",
+		"gRPC service config JSON file (load balancing, retries), e.g. deploy/grpc/service_config.json")
+	fs.IntVar(&o.repeat, "repeat", 1, "send the request this many times over one connection; keep the last")
 	fs.StringVar(&o.text, "text", "", "text to speak (required)")
 	fs.StringVar(&o.voice, "voice", "", "voice name, e.g. M1 or F3 (empty: server default)")
 	fs.StringVar(&o.lang, "lang", "", "language code: en, ko, es, pt, fr (empty: en)")
@@ -79,6 +103,12 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "deadline for the whole request")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second,
 		"deadline for one connection attempt")
+	fs.BoolVar(&o.tls, "tls", false, "connect with TLS (system CA roots unless -tls-ca)")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM file of the CA that signed the server (implies -tls)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM client certificate for mTLS (with -tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM client private key for mTLS")
+	fs.StringVar(&o.apiKey, "api-key", os.Getenv("SUPERTONIC_API_KEY"),
+		"bearer token for the server (default: $SUPERTONIC_API_KEY)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stderr)
@@ -92,10 +122,43 @@ func parseFlags(args []string) (*options, error) {
 	if strings.TrimSpace(o.text) == "" {
 		return nil, errors.New("-text is required")
 	}
+	if o.repeat < 1 {
+		return nil, errors.New("-repeat must be at least 1")
+	}
 	if o.timeout <= 0 || o.connectTimeout <= 0 {
 		return nil, errors.New("-timeout and -connect-timeout must be positive")
 	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, errors.New("-tls-cert and -tls-key go together")
+	}
 	return o, nil
+}
+
+// transport is plaintext, or TLS (optionally with a client certificate) when asked for.
+func transport(o *options) (grpc.DialOption, error) {
+	if !o.tls && o.tlsCA == "" && o.tlsCert == "" {
+		return grpc.WithInsecure(), nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.tlsCA != "" {
+		pem, err := os.ReadFile(o.tlsCA)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificates", o.tlsCA)
+		}
+		cfg.RootCAs = pool
+	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg)), nil
 }
 
 // wavWriter streams 16-bit mono PCM to a file and patches the RIFF sizes on Close, so a
@@ -257,16 +320,33 @@ func run(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
+	if o.apiKey != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+o.apiKey)
+	}
+	creds, err := transport(o)
+	if err != nil {
+		return err
+	}
 
 	// Non-blocking dial; MinConnectTimeout bounds one connection attempt so an address
 	// that drops packets fails within -connect-timeout rather than the whole -timeout.
-	conn, err := grpc.DialContext(ctx, o.addr,
-		grpc.WithInsecure(),
+	dialOpts := []grpc.DialOption{
+		creds,
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReceiveBytes)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.DefaultConfig,
 			MinConnectTimeout: o.connectTimeout,
 		}),
-	)
+	}
+	if o.serviceConfig != "" {
+		sc, err := os.ReadFile(o.serviceConfig)
+		if err != nil {
+			return err
+		}
+		dialOpts = append(dialOpts, grpc.WithDefaultServiceConfig(string(sc)))
+	}
+	target, dialOpts := resolveList(o.addr, dialOpts)
+	conn, err := grpc.DialContext(ctx, target, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", o.addr, err)
 	}
@@ -287,7 +367,14 @@ func run(args []string) error {
 		}
 	}()
 
-	res, err := synthesize(ctx, pb.NewTextToSpeechClient(conn), o, tmp)
+	client := pb.NewTextToSpeechClient(conn)
+	// Earlier repeats go to a scratch file; only the last one is kept.
+	for i := 1; i < o.repeat; i++ {
+		if err := synthesizeScratch(ctx, client, o, dir); err != nil {
+			return describe(err)
+		}
+	}
+	res, err := synthesize(ctx, client, o, tmp)
 	if err != nil {
 		return describe(err)
 	}
@@ -314,6 +401,35 @@ func run(args []string) error {
 		s.GetModelState())
 	fmt.Fprintf(os.Stderr, "wrote %s\n", o.out)
 	return nil
+}
+
+// resolveList turns "a:1,b:2" into a target of a resolver that knows both addresses (the
+// load-balancing policy of the service config then spreads calls over them); any other
+// address is dialled as it is.
+func resolveList(addr string, opts []grpc.DialOption) (string, []grpc.DialOption) {
+	if !strings.Contains(addr, ",") {
+		return addr, opts
+	}
+	var addrs []resolver.Address
+	for _, a := range strings.Split(addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, resolver.Address{Addr: a})
+		}
+	}
+	r := manual.NewBuilderWithScheme("say-list")
+	r.InitialState(resolver.State{Addresses: addrs})
+	return r.Scheme() + ":///replicas", append(opts, grpc.WithResolvers(r))
+}
+
+func synthesizeScratch(ctx context.Context, client pb.TextToSpeechClient, o *options, dir string) error {
+	f, err := os.CreateTemp(dir, ".say-repeat.*.part")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	_, err = synthesize(ctx, client, o, f)
+	return err
 }
 
 // describe turns a gRPC status into "Code: message" (e.g. "Unavailable: connection
