@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Where the tests find the published reference data (never copied into this repo).
 export SUPERTONIC_REFERENCE_DIR ?= $(abspath ../shared/reference/supertonic-2)
 
-.PHONY: install dev-install go-tools ops-tools proto-tools client-venvs run test test-fast lint format proto proto-check go-stubs k8s-rules bench loadtest loadtest-smoke clean
+.PHONY: install dev-install go-tools ops-tools proto-tools client-venvs run test test-fast lint format proto proto-check go-stubs k8s-rules bench gpu-check loadtest loadtest-smoke clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -103,8 +103,15 @@ go-stubs: go-tools
 k8s-rules: install
 	$(PY) deploy/k8s/gen_prometheusrule.py
 
+# The engine beside ONNX Runtime (same stages, exported once to .cache/onnx) and in bf16,
+# interleaved, then the serving-overhead phase. See docs/BENCHMARKS.md.
 bench: install
 	$(PY) -m supertonic_grpc.cli bench $(ARGS)
+
+# On a CUDA machine (a CUDA build of torch installed in the venv): GPU tests, engine bench in
+# fp32/bf16 with CUDA graphs, a 50/100/200-stream load test; figures in reports/gpu-check/.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check $(ARGS)
 
 loadtest: install
 	$(PY) -m loadtest $(ARGS)

@@ -271,8 +271,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """The engine benchmark (see `supertonic_grpc.bench`)."""
-    from supertonic_grpc import bench
+    """The engine benchmark (see `benchmarks.engine_bench`, beside this package)."""
+    from benchmarks import engine_bench as bench
 
     return bench.main(args)
 
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.set_defaults(func=cmd_download)
 
-    from supertonic_grpc import bench
+    from benchmarks import engine_bench as bench
 
     bench_parser = sub.add_parser("bench", help="engine benchmark: real-time factor by batch")
     bench.add_arguments(bench_parser)

@@ -159,6 +159,11 @@ class Metrics:
             ["kind"],
             registry=reg,
         )
+        self.oom_splits_total = Counter(
+            name("oom_splits"),
+            "Batches halved and retried after the device ran out of memory.",
+            registry=reg,
+        )
         # Known label values start at zero, so dashboards see 0 rather than "no data".
         for priority in PRIORITIES:
             for metric in (self.queue_wait_seconds, self.compute_seconds, self.chunks_total):

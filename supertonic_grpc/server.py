@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from supertonic_grpc import rpc, security
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2
+from supertonic_grpc.backends import gpu, parse_precision
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, pick_device
 from supertonic_grpc.metrics import Metrics
@@ -133,10 +134,14 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
-    """The engine for these settings (device, dtype, compile, demo pacing)."""
+    """The engine for these settings (device, dtype, precision, compile, demo pacing)."""
     device = pick_device(settings.device)
     if settings.dtype not in _DTYPES:
         raise ValueError(f"--dtype: {settings.dtype!r} is not one of {', '.join(_DTYPES)}")
+    try:
+        precision = parse_precision(settings.precision)
+    except ValueError as exc:
+        raise ValueError(f"--precision: {exc}") from None
     return Engine(
         bundle.model,
         device=device,
@@ -144,7 +149,10 @@ def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
         compile=settings.compile,
         compile_mode=settings.compile_mode,
         length_multiple=16 if settings.compile else 1,
+        # CUDA graphs: a small fixed set of lengths, all recorded before SERVING.
+        length_buckets=gpu.GPU_LENGTH_BUCKETS if settings.compile and device.type == "cuda" else (),
         demo_pacing=DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
+        precision=precision,
     )
 
 
@@ -166,6 +174,7 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
         compiled=settings.compile,
         version=bundle.config.version,
     )
+    engine.on_oom_split = metrics.oom_splits_total.inc
     scheduler = Scheduler(
         engine,
         max_batch=settings.resolved_max_batch(engine.device.type),
@@ -261,6 +270,9 @@ async def _warm_up(running: RunningServer, engine: Engine, settings: Settings) -
             fut = running.scheduler.call(lambda _: engine.warmup(sizes, lengths, voice=voice))
             seconds = await asyncio.wrap_future(fut)
             log.info("warm-up done in %.1f s (batches %s, lengths %s)", seconds, sizes, lengths)
+            if settings.compile and engine.device.type == "cuda":
+                fut = running.scheduler.call(lambda _: gpu.warm_up_engine(engine, max_batch))
+                log.info("recorded %d bucketed shapes", await asyncio.wrap_future(fut))
     except Exception as exc:
         await running.fail(f"warm-up failed: {type(exc).__name__}: {exc}")
         return

@@ -32,6 +32,13 @@ class Settings:
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     dtype: str = field(default="float32", metadata={"help": "float32, or bfloat16/float16 on GPU"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, bf16 (CPU with AVX512-BF16/AMX, GPU) or int8 (CPU): the ConvNeXt "
+            "MLPs' arithmetic; time embedding, rotary positions, Euler update and masks stay fp32"
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     compile_mode: str = field(
         default="default",
@@ -153,6 +160,12 @@ class Settings:
                 raise SettingsError(f"--{_flag(name)}: no such file: {path}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"--log-level: {self.log_level!r} is not a log level")
+        from supertonic_grpc.backends.precision import parse_precision
+
+        try:
+            parse_precision(self.precision)
+        except ValueError as exc:
+            raise SettingsError(f"--precision: {exc}") from None
 
     def resolved_max_batch(self, device_type: str) -> int:
         """`max_batch`, or the device's default when 0."""

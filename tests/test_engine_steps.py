@@ -1,0 +1,96 @@
+"""The engine's step API: flights that join and leave between steps, pieces of audio.
+
+Full-size model on demo weights: a chunk's audio for a given seed must equal the
+whole-chunk path within the batch-invariance bound, whatever company it had at each step
+and however its audio was cut into pieces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from supertonic_grpc.bundle import ModelBundle, demo_bundle
+from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, Flight, Utterance
+from supertonic_grpc.text import preprocess
+
+BATCH_TOLERANCE = 2e-3
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return demo_bundle()
+
+
+@pytest.fixture(scope="module")
+def engine(bundle: ModelBundle) -> Engine:
+    return Engine(bundle.model, device="cpu", demo_pacing=DEMO_CHARS_PER_SECOND)
+
+
+def _utt(bundle: ModelBundle, text: str, voice: str, steps: int, seed: int) -> Utterance:
+    ids = bundle.tokenizer.encode(preprocess(text, "en"))
+    return Utterance(ids, bundle.voices.get(voice), steps=steps, seed=seed)
+
+
+def _vocode_in_pieces(engine: Engine, flight: Flight, sizes: list[int]) -> np.ndarray:
+    out, k = [], 0
+    while not flight.finished:
+        (piece,) = engine.vocode([(flight, sizes[min(k, len(sizes) - 1)])])
+        out.append(piece)
+        k += 1
+    return np.concatenate(out)
+
+
+@pytest.mark.slow
+def test_staggered_company_and_pieces_equal_the_whole_chunk_path(
+    engine: Engine, bundle: ModelBundle
+) -> None:
+    target = _utt(bundle, "The newcomer's chunk sounds the same in any company.", "F2", 3, 7)
+    long_one = _utt(
+        bundle, "A long later chunk that was already mid flight when it came, and more.", "M1", 5, 1
+    )
+    late = _utt(bundle, "Joins later.", "M4", 2, 9)
+    (alone,) = engine.synthesize([target])
+
+    (first,) = engine.admit([long_one])
+    engine.step([first])
+    engine.step([first])
+    (flight, joiner) = engine.admit([target, late])  # admitted together, stepped apart
+    engine.step([first, flight])  # flight at step 0, first at step 2
+    engine.step([flight, joiner, first])
+    engine.step([joiner, flight])
+    assert flight.denoised and joiner.denoised and not first.denoised
+    # The first piece is short (fast first audio); the rest come in other sizes.
+    pieced = _vocode_in_pieces(engine, flight, [3, 7, 100])
+    assert pieced.shape == alone.audio.shape
+    assert np.abs(pieced - alone.audio).max() <= BATCH_TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_piece_equals_the_same_samples_of_the_whole_decode(
+    engine: Engine, bundle: ModelBundle
+) -> None:
+    utt = _utt(bundle, "Causal decoding: a prefix decodes to the prefix.", "M2", 1, 3)
+    (a,) = engine.admit([utt])
+    (b,) = engine.admit([utt])
+    engine.step([a])
+    engine.step([b])
+    (whole,) = engine.vocode([(a, a.frames)])
+    first = engine.vocode([(b, 5)])[0]
+    rest = engine.vocode([(b, b.frames)])[0]
+    assert len(first) == 5 * engine.frame_samples
+    np.testing.assert_allclose(np.concatenate([first, rest]), whole, atol=1e-5)
+
+
+def test_padding_rows_are_masked_not_read(bundle: ModelBundle) -> None:
+    """Row buckets pad a step to a fixed batch size; the padded rows change nothing."""
+    exact = Engine(bundle.model, device="cpu", demo_pacing=DEMO_CHARS_PER_SECOND)
+    padded = Engine(bundle.model, device="cpu", demo_pacing=DEMO_CHARS_PER_SECOND, row_buckets=(4,))
+    assert padded._rows(1) == 4 and padded._rows(5) == 5 and exact._rows(3) == 3
+    utt = _utt(bundle, "Hi.", "F1", 1, 5)
+    (a,) = exact.admit([utt])
+    (b,) = padded.admit([utt])
+    exact.step([a])
+    padded.step([b])
+    assert np.isfinite(b.latent.numpy()).all()
+    np.testing.assert_allclose(a.latent.numpy(), b.latent.numpy(), atol=1e-4)
