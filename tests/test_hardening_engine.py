@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from promtext import sample
-from test_hardening_rpc import count, pcm_f32, scrape, stub_for, wait_until
+from test_hardening_rpc import code_of, count, pcm_f32, scrape, stub_for, wait_until
 
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.engine import EngineError
@@ -26,14 +26,6 @@ def patch_entry(engine, wrap) -> None:
     (issue 8), else `synthesize`."""
     stage = "admit" if hasattr(engine, "admit") else "synthesize"
     setattr(engine, stage, wrap(getattr(engine, stage)))
-
-
-def code_of(fn) -> grpc.StatusCode:
-    try:
-        fn()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 def test_an_engine_that_raises_is_internal_for_both_rpcs_and_counted(make_server) -> None:

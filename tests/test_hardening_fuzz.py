@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
-from test_hardening_rpc import scrape, wait_until
+from test_hardening_rpc import code_of, scrape, wait_until
 
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
@@ -51,14 +51,6 @@ def total_counted(server) -> float:
         for s in family.samples
         if s.name == "supertonic_requests_total" and s.labels.get("rpc") in TTS_RPCS
     )
-
-
-def outcome(fn) -> grpc.StatusCode:
-    try:
-        fn()
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 words = st.text(
@@ -132,9 +124,9 @@ def test_typed_fuzz_never_answers_unknown_or_internal(fuzz_server, caplog) -> No
     @given(req=st.one_of(plausible, plausible, wild), unary=st.booleans())
     def one(req: tts_pb2.SynthesizeRequest, unary: bool) -> None:
         if unary:
-            code = outcome(lambda: stub.SynthesizeOnce(req, timeout=CALL_TIMEOUT_S))
+            code = code_of(lambda: stub.SynthesizeOnce(req, timeout=CALL_TIMEOUT_S))
         else:
-            code = outcome(lambda: list(stub.Synthesize(req, timeout=CALL_TIMEOUT_S)))
+            code = code_of(lambda: list(stub.Synthesize(req, timeout=CALL_TIMEOUT_S)))
         seen[code] += 1
         assert code in DOCUMENTED, f"{code} for {req}"
         assert code is not grpc.StatusCode.INTERNAL
@@ -193,14 +185,14 @@ def test_raw_malformed_bytes_never_answer_unknown(fuzz_server, caplog) -> None:
     with caplog.at_level(logging.INFO):
         for i, data in enumerate(mutations(rng, 150)):
             name = TTS_RPCS[i % 3]
-            seen[outcome(lambda d=data, n=name: methods[n](d))] += 1
+            seen[code_of(lambda d=data, n=name: methods[n](d))] += 1
     assert seen[grpc.StatusCode.UNKNOWN] == 0, seen
     assert seen[grpc.StatusCode.INVALID_ARGUMENT] > 0
     assert set(seen) <= DOCUMENTED, seen
     assert wait_until(lambda: total_counted(fuzz_server) == before + sum(seen.values()), 60)
     check = channel.unary_unary("/grpc.health.v1.Health/Check")
     health = Counter(
-        outcome(lambda d=d: check(d, timeout=CALL_TIMEOUT_S)) for d in mutations(rng, 40)
+        code_of(lambda d=d: check(d, timeout=CALL_TIMEOUT_S)) for d in mutations(rng, 40)
     )
     assert health[grpc.StatusCode.UNKNOWN] == 0 and set(health) <= DOCUMENTED | {
         grpc.StatusCode.NOT_FOUND  # an unknown service name

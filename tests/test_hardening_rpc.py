@@ -41,6 +41,15 @@ def count(server, rpc: str, code: str) -> float:
         return 0.0
 
 
+def code_of(fn) -> grpc.StatusCode:
+    """The status code `fn()` ends with (OK when it returns)."""
+    try:
+        fn()
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
 def wait_until(predicate, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
