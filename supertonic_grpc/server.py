@@ -78,18 +78,14 @@ class RunningServer:
     async def stop(self, grace: float) -> None:
         """Drain: NOT_SERVING, refuse new work, let in-flight requests finish within `grace`.
 
-        The port stays open meanwhile, so health checks answer NOT_SERVING (not UNAVAILABLE)
-        until the last request ends or the grace runs out.
+        The port closes at once (GOAWAY), so a proxy moves new streams to another replica
+        straight away; in-flight streams go on until they end or `grace` runs out.
         """
         self.service.draining = True
         for task in self._tasks:
             task.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.service.rpcs.wait_idle(), grace)
-        await self.close(max(0.0, deadline - loop.time()))
+        await self.close(grace)
 
     async def close(self, grace: float = 0.0, scheduler_timeout_s: float = 10.0) -> None:
         """Close the port (cancelling what is left after `grace`) and stop the threads."""
