@@ -1,0 +1,492 @@
+"""The scheduler thread: one owner of the engine, fed by many streams through a locked inbox.
+
+Every chunk of every request is a `Job`. The thread's unit of work is one *tick* over the
+chunks in flight (see `policy`): admit new chunks, take one flow step over a chosen set of
+running chunks (each at its own step index), vocode the next piece of chunks whose flow is
+done. Chunks join and leave the running set between ticks (continuous batching), so a new
+listener's first chunk starts at the next tick, not after a whole batch.
+
+Each tick is recorded as a `StepDecision`, so tests assert exact schedules with a fake
+engine and a fake clock. Cancelled requests leave at the next tick, queued or running.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from supertonic_grpc.engine import Flight, Synthesized
+from supertonic_grpc.scheduler.jobs import (
+    EngineLike,
+    Job,
+    JobResult,
+    MetricsLike,
+    Priority,
+    QueueFull,
+    SchedulerStopped,
+    Ticket,
+)
+from supertonic_grpc.scheduler.policy import CostModel, Limits, Policy, Running
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """What one tick did. Chunks are named (request_id, chunk index)."""
+
+    tick: int
+    started: float
+    admitted: tuple[tuple[int, int], ...]
+    stepped: tuple[tuple[int, int, int], ...]  # (request, chunk, step index it ran)
+    vocoded: tuple[tuple[int, int, int], ...]  # (request, chunk, piece)
+    urgent: int  # later chunks in the step because their listener is about to run dry
+    dropped: int  # cancelled chunks removed at this tick, queued or running
+    waiting_after: int
+    running_after: int
+    compute_s: float = 0.0
+    error: str = ""
+
+    @property
+    def request_ids(self) -> tuple[int, ...]:
+        """The requests in this tick's flow step, in batch order."""
+        return tuple(s[0] for s in self.stepped)
+
+
+class Scheduler:
+    """Runs ticks over the chunks of many requests on one thread."""
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        *,
+        max_batch: int = 8,
+        max_wait_s: float = 0.0,
+        max_queue: int = 512,
+        max_batch_tokens: int = 1_000_000,
+        mix_priorities: bool = False,
+        metrics: MetricsLike | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        history: int = 1000,
+        limits: Limits | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.engine = engine
+        self.max_batch = max_batch
+        # An idle scheduler waits this long after a first arrival so a burst is admitted
+        # together; a busy one never waits (newcomers join at the next tick).
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.limits = limits or Limits(
+            max_batch=max_batch,
+            max_step_frames=max_batch_tokens,
+            max_running=2 * max_batch,
+            mix=mix_priorities,
+        )
+        self.metrics = metrics
+        self.clock = clock
+        self.history: deque[StepDecision] = deque(maxlen=history)
+        self.cost = CostModel()
+        self.sample_rate = int(getattr(engine, "sample_rate", 44100))
+        self.frame_samples = int(getattr(engine, "frame_samples", 3072))
+        self.policy = Policy(self.limits, self.cost, self.sample_rate, self.frame_samples)
+        self._high: list[tuple[float, int, Job]] = []  # by arrival
+        self._normal: list[tuple[float, int, Job]] = []  # by submitted deadline
+        self._running: list[Running] = []  # the scheduler thread's own
+        self._running_count = 0
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._ticks = itertools.count()
+        self._calls: deque[tuple[Callable[[EngineLike], Any], Future[Any]]] = deque()
+        self._thread: threading.Thread | None = None
+        self._running_flag = False
+        self._high_run_s = 0.0  # engine time of consecutive ticks spent on first chunks
+        self._first_audio_ema_s = 0.0
+        self._chunk_ema_s = 0.0
+
+    # --- the event-loop side (any thread) ----------------------------------------------
+
+    def submit(self, job: Job, *, force: bool = False) -> None:
+        """Queue a job. Raises QueueFull at capacity (unless `force`: a running stream's
+        next chunk is never refused), SchedulerStopped when not running."""
+        with self._cond:
+            if not self._running_flag:
+                raise SchedulerStopped("scheduler is not running")
+            backlog = len(self._high) + len(self._normal) + self._running_count
+            if not force and backlog >= self.max_queue:
+                raise QueueFull(backlog, self.max_queue, self.retry_after_s())
+            job.submitted = self.clock()
+            job.seq = next(self._seq)
+            if job.priority is Priority.HIGH:
+                heapq.heappush(self._high, (job.submitted, job.seq, job))
+            else:
+                heapq.heappush(self._normal, (job.deadline, job.seq, job))
+            self._update_depth()
+            self._cond.notify()
+
+    def cancel(self, ticket: Ticket) -> int:
+        """Mark a request cancelled and drop its queued jobs; its running chunks leave at
+        the next tick, so its cost stops there. Returns how many queued jobs were dropped."""
+        with self._cond:
+            ticket.cancelled = True
+            dropped = self._drop_queued()
+            self._update_depth()
+            self._cond.notify()
+        return dropped
+
+    def call(self, fn: Callable[[EngineLike], Any]) -> Future[Any]:
+        """Run `fn(engine)` on the scheduler thread between ticks (warm-up, probes)."""
+        fut: Future[Any] = Future()
+        with self._cond:
+            if not self._running_flag:
+                raise SchedulerStopped("scheduler is not running")
+            self._calls.append((fn, fut))
+            self._cond.notify()
+        return fut
+
+    def queued(self) -> int:
+        """Chunks accepted and not yet finished: waiting or in the engine."""
+        with self._cond:
+            return len(self._high) + len(self._normal) + self._running_count
+
+    def queued_for(self, ticket: Ticket) -> int:
+        with self._cond:
+            waiting = sum(1 for h in (self._high, self._normal) for e in h if e[2].ticket is ticket)
+            return waiting + sum(1 for r in list(self._running) if r.ticket is ticket)
+
+    def expected_first_audio_s(self) -> float:
+        """Recent time from a first chunk's admission to its first piece; 0.5 s before any."""
+        return self._first_audio_ema_s or 0.5
+
+    def retry_after_s(self) -> float:
+        """A rough wait until the backlog drains: backlog x recent time per chunk / rows."""
+        backlog = len(self._high) + len(self._normal) + self._running_count
+        per_chunk = (self._chunk_ema_s or 0.5) / max(1, self.max_batch)
+        return max(0.5, min(60.0, backlog * per_chunk))
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._cond:
+            if self._running_flag:
+                return
+            self._running_flag = True
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the tick in flight; queued and running jobs fail with SchedulerStopped."""
+        with self._cond:
+            self._running_flag = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            leftovers = [e[2] for h in (self._high, self._normal) for e in h]
+            leftovers += [r.job for r in self._running]
+            self._high, self._normal, self._running = [], [], []
+            self._running_count = 0
+            calls, self._calls = list(self._calls), deque()
+            self._update_depth()
+        for job in leftovers:
+            _deliver(job, SchedulerStopped("server shutting down"))
+        for _, fut in calls:
+            fut.set_exception(SchedulerStopped("server shutting down"))
+
+    @property
+    def running(self) -> bool:
+        return self._running_flag
+
+    # --- the scheduler thread --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while self._running_flag:
+            try:
+                self.step()
+            except Exception:  # never let one bad tick kill the only engine thread
+                log.exception("scheduler tick failed")
+
+    def step(self, block: bool = True) -> StepDecision | None:
+        """One tick: pending calls, else admission + one flow step + vocoding."""
+        with self._cond:
+            while block and self._running_flag and not self._has_work():
+                self._cond.wait(0.5)
+            if self._calls:
+                self._run_call()
+                return None
+            if block and not self._running and self._high and self.max_wait_s > 0:
+                # Idle: give a burst of arrivals a moment to be admitted together.
+                wait_until = self.clock() + self.max_wait_s
+                while self._running_flag and len(self._high) < self.max_batch:
+                    remaining = wait_until - self.clock()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            now = self.clock()
+            dropped = self._drop_queued() + self._drop_running()
+            jobs = self.policy.admissions(
+                [e[2] for e in sorted(self._high)],
+                [e[2] for e in self._normal],
+                self._running,
+                now,
+            )
+            self._unqueue(jobs)
+            self._update_depth()
+            waiting = len(self._high) + len(self._normal)
+        if not jobs and not self._running:
+            if not dropped:
+                return None
+            decision = StepDecision(next(self._ticks), now, (), (), (), 0, dropped, waiting, 0)
+            self.history.append(decision)
+            return decision
+        return self._tick(now, jobs, dropped)
+
+    def _has_work(self) -> bool:
+        return bool(self._calls or self._high or self._normal or self._running)
+
+    def _run_call(self) -> None:
+        fn, fut = self._calls.popleft()
+        self._cond.release()
+        try:
+            fut.set_result(fn(self.engine))
+        except Exception as exc:
+            fut.set_exception(exc)
+        finally:
+            self._cond.acquire()
+
+    def _tick(self, now: float, jobs: list[Job], dropped: int) -> StepDecision:
+        errors: list[str] = []
+        start = self.clock()
+        admitted = self._admit(jobs, start, errors)
+        chosen, urgent = self.policy.step_set(self._running, now, self._high_run_s)
+        high_work = any(r.high for r in chosen)
+        stepped = self._step(chosen, errors)
+        pieces = self.policy.vocode_set(self._running, now, high_work)
+        vocoded = self._vocode(pieces, errors)
+        compute = self.clock() - start
+        self._high_run_s = self._high_run_s + compute if high_work else 0.0
+        with self._cond:
+            self._running_count = len(self._running)
+            waiting = len(self._high) + len(self._normal)
+        decision = StepDecision(
+            tick=next(self._ticks),
+            started=now,
+            admitted=tuple((j.ticket.request_id, j.index) for j in admitted),
+            stepped=stepped,
+            vocoded=vocoded,
+            urgent=urgent,
+            dropped=dropped,
+            waiting_after=waiting,
+            running_after=len(self._running),
+            compute_s=compute,
+            error="; ".join(errors),
+        )
+        self.history.append(decision)
+        m = self.metrics
+        if m is not None:
+            m.batch_compute_seconds.observe(compute)
+            if stepped:
+                m.batch_size.observe(len(stepped))
+            running_gauge = getattr(m, "running_chunks", None)
+            if running_gauge is not None:
+                running_gauge.set(len(self._running))
+        return decision
+
+    # --- the three stages ---------------------------------------------------------------
+
+    def _admit(self, jobs: list[Job], start: float, errors: list[str]) -> list[Job]:
+        if not jobs:
+            return []
+        t0 = self.clock()
+        try:
+            flights: Sequence[Flight] = self.engine.admit([j.utterance for j in jobs])
+        except Exception as exc:  # confined to these jobs: they fail, the server goes on
+            log.exception("admission of %d chunks failed", len(jobs))
+            errors.append(f"admit: {exc}")
+            self._fail(jobs, exc)
+            return []
+        self.cost.learn_admit(sum(len(j.utterance.token_ids) for j in jobs), self.clock() - t0)
+        if len(flights) != len(jobs):
+            errors.append(f"admit: engine returned {len(flights)} flights for {len(jobs)}")
+            self._fail(jobs[len(flights) :], EngineShortfall(len(flights), len(jobs)))
+        admitted = []
+        for job, flight in zip(jobs, flights, strict=False):
+            self._running.append(Running(job, flight, start))
+            admitted.append(job)
+            if self.metrics is not None:
+                label = job.priority.name.lower()
+                self.metrics.queue_wait_seconds.labels(label).observe(
+                    max(0.0, start - job.submitted)
+                )
+        return admitted
+
+    def _step(self, chosen: list[Running], errors: list[str]) -> tuple[tuple[int, int, int], ...]:
+        if not chosen:
+            return ()
+        before = [r.flight.step for r in chosen]
+        t0 = self.clock()
+        try:
+            self.engine.step([r.flight for r in chosen])
+        except Exception as exc:  # only this step's chunks fail
+            log.exception("flow step over %d chunks failed", len(chosen))
+            errors.append(f"step: {exc}")
+            self._fail_running(chosen, exc)
+            return ()
+        longest = max(r.flight.frames for r in chosen)
+        self.cost.learn_step(len(chosen), longest, self.clock() - t0)
+        stuck = []
+        for r, b in zip(chosen, before, strict=True):
+            r.batch_size = max(r.batch_size, len(chosen))
+            r.ticket.work += r.flight.frames
+            if r.flight.step != b + 1:
+                stuck.append(r)
+        if stuck:
+            # An engine that did not advance a chunk would otherwise be stepped forever.
+            errors.append(f"step: engine did not advance {len(stuck)} chunk(s)")
+            self._fail_running(stuck, EngineShortfall(len(chosen) - len(stuck), len(chosen)))
+        return tuple(
+            (r.ticket.request_id, r.job.index, b) for r, b in zip(chosen, before, strict=True)
+        )
+
+    def _vocode(
+        self, pieces: list[tuple[Running, int]], errors: list[str]
+    ) -> tuple[tuple[int, int, int], ...]:
+        if not pieces:
+            return ()
+        t0 = self.clock()
+        try:
+            wavs = self.engine.vocode([(r.flight, n) for r, n in pieces])
+        except Exception as exc:
+            log.exception("vocoding %d pieces failed", len(pieces))
+            errors.append(f"vocode: {exc}")
+            self._fail_running([r for r, _ in pieces], exc)
+            return ()
+        now = self.clock()
+        self.cost.learn_vocode(sum(n for _, n in pieces), now - t0)
+        if len(wavs) != len(pieces):
+            errors.append(f"vocode: engine returned {len(wavs)} pieces for {len(pieces)}")
+            self._fail_running(
+                [r for r, _ in pieces[len(wavs) :]], EngineShortfall(len(wavs), len(pieces))
+            )
+        done = []
+        for (r, n), wav in zip(pieces, wavs, strict=False):
+            r.ticket.work += n
+            done.append((r.ticket.request_id, r.job.index, r.pieces))
+            self._deliver_piece(r, np.asarray(wav, dtype=np.float32), now)
+        return tuple(done)
+
+    def _deliver_piece(self, r: Running, wav: np.ndarray, now: float) -> None:
+        seconds = len(wav) / self.sample_rate
+        last = r.flight.finished
+        if r.pieces == 0:
+            r.first_piece_at = now
+            if r.job.priority is Priority.HIGH:
+                sample = now - r.admitted
+                ema = self._first_audio_ema_s
+                self._first_audio_ema_s = sample if not ema else 0.8 * ema + 0.2 * sample
+        r.ticket.playback.on_chunk_sent(now, seconds)
+        m = self.metrics
+        if m is not None:
+            m.audio_seconds_total.inc(seconds)
+        piece = r.pieces
+        r.pieces += 1
+        queue_s, compute_s = r.admitted - r.job.submitted, now - r.admitted
+        chunk_s = r.flight.samples / self.sample_rate
+        if r.job.pieces:
+            result = JobResult(
+                Synthesized(wav, seconds), queue_s, compute_s, r.batch_size, piece, last, now,
+                chunk_s,
+            )  # fmt: skip
+            _deliver(r.job, result)
+        else:
+            r.parts.append(wav)
+            if last:
+                whole = np.concatenate(r.parts) if len(r.parts) > 1 else r.parts[0]
+                r.parts = []
+                result = JobResult(
+                    Synthesized(whole, len(whole) / self.sample_rate), queue_s, compute_s,
+                    r.batch_size, 0, True, now, chunk_s,
+                )  # fmt: skip
+                _deliver(r.job, result)
+        if last:
+            self._running.remove(r)
+            ema = self._chunk_ema_s
+            self._chunk_ema_s = compute_s if not ema else 0.8 * ema + 0.2 * compute_s
+            if m is not None:
+                label = r.job.priority.name.lower()
+                m.compute_seconds.labels(label).observe(compute_s)
+                m.chunks_total.labels(label).inc()
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    def _fail(self, jobs: Sequence[Job], exc: BaseException) -> None:
+        for job in jobs:
+            _deliver(job, exc)
+
+    def _fail_running(self, items: Sequence[Running], exc: BaseException) -> None:
+        for r in items:
+            if r in self._running:
+                self._running.remove(r)
+        self._fail([r.job for r in items], exc)
+
+    def _drop_queued(self) -> int:
+        """Remove cancelled jobs from the queues (under the lock)."""
+        dropped = 0
+        for name in ("_high", "_normal"):
+            heap = getattr(self, name)
+            kept = [e for e in heap if not e[2].ticket.cancelled]
+            if len(kept) != len(heap):
+                dropped += len(heap) - len(kept)
+                heapq.heapify(kept)
+                setattr(self, name, kept)
+        return dropped
+
+    def _drop_running(self) -> int:
+        """Cancelled chunks leave the running set: their cost stops at this tick."""
+        kept = [r for r in self._running if not r.ticket.cancelled]
+        dropped = len(self._running) - len(kept)
+        self._running = kept
+        self._running_count = len(kept)
+        return dropped
+
+    def _unqueue(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        taken = {id(j) for j in jobs}
+        for name in ("_high", "_normal"):
+            heap = getattr(self, name)
+            kept = [e for e in heap if id(e[2]) not in taken]
+            if len(kept) != len(heap):
+                heapq.heapify(kept)
+                setattr(self, name, kept)
+        self._running_count = len(self._running) + len(jobs)
+
+    def _update_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.labels("high").set(len(self._high))
+            self.metrics.queue_depth.labels("normal").set(len(self._normal))
+
+
+class EngineShortfall(RuntimeError):
+    """The engine returned fewer results than it was given items (or left one unchanged)."""
+
+    def __init__(self, got: int, expected: int) -> None:
+        super().__init__(f"engine returned {got} results for {expected} items")
+
+
+def _deliver(job: Job, outcome: JobResult | BaseException) -> None:
+    try:
+        job.on_done(outcome)
+    except Exception:  # a broken callback must not take the scheduler down
+        log.exception("job callback failed")
