@@ -28,7 +28,7 @@ __all__ = ["PRIORITIES", "REJECT_REASONS", "Metrics", "PlaybackClock"]
 
 PREFIX = "supertonic"
 PRIORITIES = ("high", "normal")
-REJECT_REASONS = ("queue_full", "too_many_streams", "draining")
+REJECT_REASONS = ("queue_full", "too_many_streams", "too_many_streams_per_peer", "draining")
 
 # Time to first audio: tens of milliseconds on a warm GPU, seconds on a loaded CPU.
 LATENCY_BUCKETS = (
@@ -114,6 +114,14 @@ class Metrics:
         )
         self.active_streams = Gauge(
             name("active_streams"), "Streaming RPCs in progress.", registry=reg
+        )
+        self.active_unary_requests = Gauge(
+            name("active_unary_requests"), "Unary RPCs in progress.", ["rpc"], registry=reg
+        )
+        self.stalled_streams_total = Counter(
+            name("stalled_streams_total"),
+            "Streams ended because the client read nothing for the write-stall timeout.",
+            registry=reg,
         )
         self.underruns_total = Counter(
             name("underruns_total"),

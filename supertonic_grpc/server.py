@@ -13,7 +13,8 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_grpc import rpc
+from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, pick_device
 from supertonic_grpc.metrics import Metrics
@@ -65,6 +66,27 @@ class RunningServer:
             thread.join(5)
 
 
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments that bound what one connection can hold."""
+    return [
+        # A little over the reply limit: `Rpcs` refuses bigger replies with a clear message.
+        ("grpc.max_send_message_length", settings.max_reply_bytes + 64 * 1024),
+        ("grpc.max_receive_message_length", 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+        # Ping idle connections so dead peers are found and their streams freed.
+        ("grpc.keepalive_time_ms", int(settings.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 3),
+        # Connections are recycled, so no client pins one forever (and load rebalances).
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams_per_connection),
+    ]
+
+
 def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
     """The engine for these settings (device, dtype, compile, demo pacing)."""
     device = pick_device(settings.device)
@@ -111,14 +133,8 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
         metrics=metrics,
         model=ModelInfo(bundle.state, bundle.config.version, bundle.config.sample_rate),
     )
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
-    tts_pb2_grpc.add_TextToSpeechServicer_to_server(service, server)
+    server = grpc.aio.server(options=grpc_options(settings))
+    rpc.add_servicer(service, tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"], server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):

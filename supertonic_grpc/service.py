@@ -24,7 +24,8 @@ from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.engine import EngineError
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.playback import PlaybackClock
-from supertonic_grpc.scheduler import JobResult, QueueFull, Scheduler, SchedulerStopped
+from supertonic_grpc.rpc import Call, Limits, Rpcs
+from supertonic_grpc.scheduler import JobResult, Scheduler, SchedulerStopped
 from supertonic_grpc.settings import Settings
 from supertonic_grpc.streams import ChunkStream
 from supertonic_grpc.text import LANGUAGES, Tokenizer
@@ -47,15 +48,6 @@ class ModelInfo:
     state: str  # "real" or "demo"
     version: str
     sample_rate: int = NATIVE_RATE
-
-
-def _cancel_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
-    """Why the handler was cancelled: the client's deadline, or the client itself."""
-    remaining = context.time_remaining()
-    # The cancellation can land a hair before the deadline by the server's clock.
-    if remaining is not None and remaining <= 0.05:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
 
 
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -87,8 +79,22 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         self.model = model
         self.ready = False  # set once warm-up has finished
         self.draining = False
-        self.active = 0
+        self.rpcs = Rpcs(
+            metrics,
+            Limits(
+                max_streams=settings.max_streams,
+                max_streams_per_peer=settings.max_streams_per_peer,
+                write_timeout_s=settings.write_timeout_s,
+                max_reply_bytes=settings.max_reply_bytes,
+            ),
+            gate=self._gate,
+        )
         self._ids = itertools.count(1)
+
+    @property
+    def active(self) -> int:
+        """Slot-taking requests (streams and unary syntheses) in progress."""
+        return self.rpcs.active
 
     # --- HTTP probes (served beside /metrics) --------------------------------------------
 
@@ -101,7 +107,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             "draining": self.draining,
             "model_state": self.model.state,
             "model_version": self.model.version,
-            "active_streams": self.active,
+            "active_requests": self.active,
             "queued_chunks": self.scheduler.queued(),
         }
 
@@ -126,38 +132,22 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
 
     # --- helpers -----------------------------------------------------------------------
 
-    def _admit(self, req: tts_pb2.SynthesizeRequest, streaming: bool) -> Plan:
+    def _gate(self) -> None:
+        """Refuse work while warming up or draining (run by `Rpcs` before taking a slot)."""
         if self.draining:
             self.metrics.rejected_total.labels("draining").inc()
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         if not self.ready:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is warming up; retry soon")
-        plan = plan_request(
+
+    def _plan(self, req: tts_pb2.SynthesizeRequest, streaming: bool) -> Plan:
+        return plan_request(
             req,
             settings=self.settings,
             voices=self.voices,
             tokenizer=self.tokenizer,
             streaming=streaming,
         )
-        if self.active >= self.settings.max_streams:
-            self.metrics.rejected_total.labels("too_many_streams").inc()
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.active} requests in progress (limit {self.settings.max_streams})",
-            )
-        return plan
-
-    async def _reject(
-        self,
-        context: grpc.aio.ServicerContext,
-        rpc: str,
-        err: RequestError,
-        retry_after_s: float | None = None,
-    ) -> None:
-        self.metrics.requests_total.labels(rpc, err.code.name).inc()
-        if retry_after_s is not None:
-            context.set_trailing_metadata((("retry-after-ms", str(int(retry_after_s * 1000))),))
-        await context.abort(err.code, err.message)
 
     def _chunk_message(
         self, plan: Plan, k: int, result: JobResult, payload: bytes, offset: float
@@ -211,49 +201,20 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
 
     async def Synthesize(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self.rpcs.stream("Synthesize", request, context, self._synthesize)
+
+    async def _synthesize(
+        self, request: tts_pb2.SynthesizeRequest, call: Call
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
-        rpc, started = "Synthesize", time.monotonic()
-        try:
-            plan = self._admit(request, streaming=True)
-        except RequestError as err:
-            await self._reject(context, rpc, err)
-            return
-        stream = ChunkStream(self.scheduler, plan, started, next(self._ids))
+        plan = self._plan(request, streaming=True)
+        stream = ChunkStream(self.scheduler, plan, call.started, next(self._ids))
         try:
             stream.submit_next(None)
-        except QueueFull as exc:
-            self.metrics.rejected_total.labels("queue_full").inc()
-            await self._reject(
-                context,
-                rpc,
-                RequestError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {exc}; retry later"
-                ),
-                exc.retry_after_s,
-            )
-            return
-        except SchedulerStopped:
-            await self._reject(
-                context, rpc, RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-            )
-            return
-        self.active += 1
-        self.metrics.active_streams.inc()
-        code = grpc.StatusCode.OK
-        try:
-            async for message in self._stream(stream, context):
+            async for message in self._stream(stream, call.context):
                 yield message
-        except asyncio.CancelledError:
-            code = _cancel_code(context)
-            raise
-        except RequestError as ab:
-            code = ab.code
-            await context.abort(ab.code, ab.message)
         finally:
             self.scheduler.cancel(stream.ticket)
-            self.active -= 1
-            self.metrics.active_streams.dec()
-            self.metrics.requests_total.labels(rpc, code.name).inc()
 
     async def _stream(
         self, stream: ChunkStream, context: grpc.aio.ServicerContext
@@ -299,47 +260,43 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
     async def SynthesizeOnce(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.SynthesizeOnceResponse:
-        rpc, started = "SynthesizeOnce", time.monotonic()
-        try:
-            plan = self._admit(request, streaming=False)
-            if self.scheduler.queued() + len(plan.chunks) > self.settings.max_queue:
-                self.metrics.rejected_total.labels("queue_full").inc()
-                raise RequestError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "server busy: the queue is full; retry later",
-                )
-        except RequestError as err:
-            await self._reject(
-                context,
-                rpc,
-                err,
-                self.scheduler.retry_after_s()
-                if err.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-                else None,
+        return await self.rpcs.unary("SynthesizeOnce", request, context, self._synthesize_once)
+
+    async def _synthesize_once(
+        self, request: tts_pb2.SynthesizeRequest, call: Call
+    ) -> tts_pb2.SynthesizeOnceResponse:
+        plan = self._plan(request, streaming=False)
+        stream = ChunkStream(self.scheduler, plan, call.started, next(self._ids))
+        limit = self.settings.max_reply_bytes
+        per_second = plan.sample_rate * audio.bytes_per_sample(plan.encoding)
+        if sum(stream.estimates) * per_second > limit:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"text: about {sum(stream.estimates):.0f} s of audio would not fit one "
+                f"{limit}-byte reply; use Synthesize to stream it",
             )
-            raise AssertionError("unreachable") from None
-        stream = ChunkStream(self.scheduler, plan, started, next(self._ids))
-        self.active += 1
-        self.metrics.active_streams.inc()
-        code = grpc.StatusCode.OK
         try:
-            for _ in plan.chunks:
+            # The same lookahead as a stream: a long text never floods the queue.
+            for _ in range(self.settings.lookahead_chunks):
                 stream.submit_next(None)
-            try:
-                results = await asyncio.gather(*stream.futures)
-            except Exception as exc:
-                code, message = _status_for(exc)
-                await context.abort(code, message)
-                raise
-            return self._once_response(plan, results, started)
-        except asyncio.CancelledError:
-            code = _cancel_code(context)
-            raise
+            results, seconds = [], 0.0
+            for k in range(len(plan.chunks)):
+                try:
+                    result = await stream.futures[k]
+                except Exception as exc:
+                    raise RequestError(*_status_for(exc)) from exc
+                results.append(result)
+                seconds += result.synthesized.duration_s
+                if seconds * per_second > limit:
+                    raise RequestError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the audio outgrew one {limit}-byte reply; use Synthesize to stream it",
+                    )
+                stream.submit_next(None)
+            # Resampling and encoding a whole clip takes up to a second: off the event loop.
+            return await asyncio.to_thread(self._once_response, plan, results, call.started)
         finally:
             self.scheduler.cancel(stream.ticket)
-            self.active -= 1
-            self.metrics.active_streams.dec()
-            self.metrics.requests_total.labels(rpc, code.name).inc()
 
     def _once_response(
         self, plan: Plan, results: list[JobResult], started: float
@@ -373,7 +330,11 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
     async def ListVoices(
         self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.ListVoicesResponse:
-        self.metrics.requests_total.labels("ListVoices", "OK").inc()
+        return await self.rpcs.unary("ListVoices", request, context, self._list_voices, slot=False)
+
+    async def _list_voices(
+        self, request: tts_pb2.ListVoicesRequest, call: Call
+    ) -> tts_pb2.ListVoicesResponse:
         return tts_pb2.ListVoicesResponse(
             voices=[
                 tts_pb2.Voice(
@@ -386,6 +347,6 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             ],
             model_state=tts_pb2.DEMO if self.model.state == "demo" else tts_pb2.REAL,
             model_version=self.model.version,
-            default_voice=self.voices.default,
+            default_voice=self.voices.get(self.settings.default_voice).name,
             languages=list(LANGUAGES),
         )

@@ -42,6 +42,37 @@ class Settings:
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
     max_streams: int = field(default=512, metadata={"help": "concurrent requests"})
+    max_streams_per_peer: int = field(
+        default=0,
+        metadata={
+            "help": "concurrent requests per client address (0: no limit; behind a proxy "
+            "every client shares its address)"
+        },
+    )
+    keepalive_s: float = field(default=60.0, metadata={"help": "ping a connection this often"})
+    keepalive_timeout_s: float = field(
+        default=20.0, metadata={"help": "close a connection whose ping goes unanswered this long"}
+    )
+    max_connection_age_s: float = field(
+        default=3600.0, metadata={"help": "close connections older than this (after the grace)"}
+    )
+    max_connection_age_grace_s: float = field(
+        default=600.0, metadata={"help": "time streams get to end on a connection being closed"}
+    )
+    max_connection_idle_s: float = field(
+        default=900.0, metadata={"help": "close connections idle for this long"}
+    )
+    max_concurrent_streams_per_connection: int = field(
+        default=100, metadata={"help": "HTTP/2 streams one connection may open at once"}
+    )
+    write_timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "end a stream whose client accepts no message for this long"},
+    )
+    max_reply_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "largest message sent (the 4 MiB default of gRPC clients)"},
+    )
     max_text_chars: int = field(default=5000, metadata={"help": "longest request text"})
     max_chunk_chars: int = field(default=300, metadata={"help": "default longest chunk"})
     first_chunk_chars: int = field(default=100, metadata={"help": "default longest 1st chunk"})

@@ -48,10 +48,13 @@ _ENCODINGS = {
 class RequestError(Exception):
     """A request the server refuses: `code` is the gRPC status, the message names the field."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # sent as a `retry-after-ms` trailer
 
 
 def invalid(field: str, problem: str) -> RequestError:

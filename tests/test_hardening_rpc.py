@@ -1,0 +1,225 @@
+"""Honest codes and counts (`supertonic_grpc.rpc`), against a live server: every outcome is
+counted once with the code the client got, slots are freed however a call ends, and one
+client cannot hold what others need."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from promtext import sample
+
+from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_grpc.scheduler import SchedulerStopped
+
+pytestmark = pytest.mark.slow
+
+LONG_TEXT = " ".join(f"Sentence number {i} is here to make the text long." for i in range(40))
+SYNTHESIZE = "/supertonic.v1.TextToSpeech/Synthesize"
+SYNTHESIZE_ONCE = "/supertonic.v1.TextToSpeech/SynthesizeOnce"
+# A client that never reads: no BDP probing, so its receive window stays at 64 KiB.
+STALLED_OPTIONS = [("grpc.http2.bdp_probe", 0)]
+
+
+def stub_for(address: str, options=None) -> tts_pb2_grpc.TextToSpeechStub:
+    return tts_pb2_grpc.TextToSpeechStub(grpc.insecure_channel(address, options=options))
+
+
+def scrape(server) -> str:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+        return r.read().decode()
+
+
+def count(server, rpc: str, code: str) -> float:
+    try:
+        return sample(scrape(server), "supertonic_requests_total", rpc=rpc, code=code)
+    except KeyError:
+        return 0.0
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def pcm_f32(text: str, **kw) -> tts_pb2.SynthesizeRequest:
+    kw.setdefault("steps", 1)
+    return tts_pb2.SynthesizeRequest(
+        text=text, audio_config=tts_pb2.AudioConfig(encoding=tts_pb2.PCM_F32), **kw
+    )
+
+
+def test_unexpected_error_in_a_stream_is_internal_and_counted_as_such(make_server) -> None:
+    server = make_server()
+    service = server.running.service
+
+    async def broken(stream, context):
+        raise ZeroDivisionError("a bug")
+        yield  # pragma: no cover
+
+    service._stream = broken
+    with pytest.raises(grpc.RpcError) as exc:
+        list(stub_for(server.address).Synthesize(pcm_f32("Hello there."), timeout=30))
+    assert exc.value.code() == grpc.StatusCode.INTERNAL
+    assert count(server, "Synthesize", "INTERNAL") == 1
+    assert count(server, "Synthesize", "OK") == 0 and count(server, "Synthesize", "UNKNOWN") == 0
+    assert service.active == 0
+
+
+def test_a_stopped_scheduler_is_unavailable_for_both_rpcs(make_server) -> None:
+    server = make_server()
+    scheduler = server.running.scheduler
+
+    def stopped(job, force=False):
+        raise SchedulerStopped("stopped")
+
+    scheduler.submit = stopped
+    stub = stub_for(server.address)
+    with pytest.raises(grpc.RpcError) as exc:
+        list(stub.Synthesize(pcm_f32("Hello there."), timeout=30))
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.SynthesizeOnce(pcm_f32("Hello there."), timeout=30)
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert count(server, "Synthesize", "UNAVAILABLE") == 1
+    assert count(server, "SynthesizeOnce", "UNAVAILABLE") == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x0a\x02\xff\xfe",  # text = invalid UTF-8
+        b"\x0a\x20abc",  # text: length 32, 3 bytes follow (truncated)
+        b"\x28\x80",  # steps: a varint that never ends
+    ],
+    ids=["invalid-utf8", "truncated", "bad-varint"],
+)
+def test_malformed_bytes_are_invalid_argument_with_one_log_line_and_counted(
+    live_server, caplog, payload
+) -> None:
+    channel = grpc.insecure_channel(live_server.address)
+    before = count(live_server, "SynthesizeOnce", "INVALID_ARGUMENT")
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(grpc.RpcError) as exc:
+            list(channel.unary_stream(SYNTHESIZE)(payload, timeout=30))
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as exc:
+            channel.unary_unary(SYNTHESIZE_ONCE)(payload, timeout=30)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not parse" in exc.value.details()
+    assert count(live_server, "SynthesizeOnce", "INVALID_ARGUMENT") == before + 1
+    mine = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert len(mine) == 2
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_cancel_while_paused_on_a_write_frees_the_slot_and_counts_cancelled(make_server) -> None:
+    server = make_server(write_timeout_s=600)
+    call = stub_for(server.address, STALLED_OPTIONS).Synthesize(pcm_f32(LONG_TEXT), timeout=120)
+    # Nothing is read, so the server's writes back up and its handler waits on one.
+    assert wait_until(lambda: server.running.service.active == 1)
+    time.sleep(1.0)
+    call.cancel()
+    assert wait_until(lambda: server.running.service.active == 0, timeout=10)
+    assert wait_until(lambda: count(server, "Synthesize", "CANCELLED") == 1, timeout=10)
+    assert count(server, "Synthesize", "OK") == 0
+    assert wait_until(lambda: server.running.scheduler.queued() == 0, timeout=10)
+
+
+def test_stalled_readers_lose_their_slots_after_the_write_timeout(make_server) -> None:
+    timeout = 1.0
+    server = make_server(write_timeout_s=timeout, max_streams=8)
+    stalled = [
+        stub_for(server.address, STALLED_OPTIONS).Synthesize(pcm_f32(LONG_TEXT), timeout=120)
+        for _ in range(8)
+    ]
+    assert wait_until(lambda: server.running.service.active == 8)
+    # A newcomer is served within the stall timeout plus 5 s, though every slot was taken.
+    started = time.monotonic()
+    stub = stub_for(server.address)
+    while True:
+        try:
+            reply = list(stub.Synthesize(pcm_f32("I want my turn."), timeout=30))
+            break
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() - started < timeout + 5
+            time.sleep(0.2)
+    assert reply[-1].HasField("summary")
+    assert time.monotonic() - started < timeout + 5
+    # The status may sit behind the unread audio, so the count tells what the server did.
+    assert wait_until(lambda: sample(scrape(server), "supertonic_stalled_streams_total") == 8)
+    for call in stalled:
+        call.cancel()
+    assert count(server, "Synthesize", "DEADLINE_EXCEEDED") == 8
+
+
+def test_unary_calls_are_not_streams_and_do_not_queue_all_their_chunks(make_server) -> None:
+    server = make_server(lookahead_chunks=2)
+    gate = threading.Event()
+    blocker = server.running.scheduler.call(lambda _engine: gate.wait(60))
+    text = "A short sentence. " * 30
+    reply: dict[str, object] = {}
+
+    def once() -> None:
+        req = tts_pb2.SynthesizeRequest(
+            text=text, steps=1, chunking=tts_pb2.ChunkingConfig(max_chunk_chars=20)
+        )
+        reply["r"] = stub_for(server.address).SynthesizeOnce(req, timeout=120)
+
+    worker = threading.Thread(target=once)
+    worker.start()
+    try:
+        assert wait_until(lambda: server.running.scheduler.queued() >= 1)
+        time.sleep(0.3)
+        # Thirty chunks, yet only the lookahead is queued.
+        assert server.running.scheduler.queued() <= 2
+        body = scrape(server)
+        assert sample(body, "supertonic_active_streams") == 0
+        assert sample(body, "supertonic_active_unary_requests", rpc="SynthesizeOnce") == 1
+    finally:
+        gate.set()
+    blocker.result(30)
+    worker.join(120)
+    assert reply["r"].summary.chunks >= 20  # type: ignore[attr-defined]
+    assert sample(scrape(server), "supertonic_active_unary_requests", rpc="SynthesizeOnce") == 0
+
+
+def test_a_unary_reply_that_cannot_fit_is_refused_before_any_compute(live_server) -> None:
+    before = sample(scrape(live_server), "supertonic_chunks_total", priority="high")
+    req = tts_pb2.SynthesizeRequest(
+        text="Words upon words. " * 55,
+        audio_config=tts_pb2.AudioConfig(encoding=tts_pb2.PCM_F32, sample_rate_hz=48000),
+    )
+    with pytest.raises(grpc.RpcError) as exc:
+        stub_for(live_server.address).SynthesizeOnce(req, timeout=30)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "use Synthesize" in exc.value.details()
+    assert sample(scrape(live_server), "supertonic_chunks_total", priority="high") == before
+
+
+def test_per_peer_limit_refuses_a_second_stream_from_the_same_address(make_server) -> None:
+    server = make_server(max_streams_per_peer=1, write_timeout_s=600)
+    first = stub_for(server.address, STALLED_OPTIONS).Synthesize(pcm_f32(LONG_TEXT), timeout=120)
+    assert wait_until(lambda: server.running.service.active == 1)
+    with pytest.raises(grpc.RpcError) as exc:
+        list(stub_for(server.address).Synthesize(pcm_f32("Me too."), timeout=30))
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "from this client" in exc.value.details()
+    first.cancel()
+    assert wait_until(lambda: server.running.service.active == 0)
+    assert list(stub_for(server.address).Synthesize(pcm_f32("Now me."), timeout=30))
+
+
+def test_list_voices_reports_the_configured_default_voice(make_server) -> None:
+    server = make_server(default_voice="F2")
+    reply = stub_for(server.address).ListVoices(tts_pb2.ListVoicesRequest(), timeout=30)
+    assert reply.default_voice == "F2"
