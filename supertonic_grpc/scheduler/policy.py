@@ -250,7 +250,8 @@ class Policy:
 
     def _piece_frames(self, r: Running) -> int:
         lim = self.limits
-        return lim.first_piece_frames if r.pieces == 0 else lim.piece_frames
+        # Only a first chunk's first piece is small: it is the request's first audio.
+        return lim.first_piece_frames if r.high else lim.piece_frames
 
     def vocode_set(
         self, running: Sequence[Running], now: float, high_work: bool
