@@ -9,10 +9,12 @@ export SUPERTONIC_REFERENCE_DIR ?= $(abspath ../shared/reference/supertonic-2)
 
 .PHONY: install dev-install go-tools run test test-fast lint format proto proto-check go-stubs bench loadtest loadtest-smoke clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	# The light client package first: the server depends on it (it is not on PyPI).
+	$(PIP) install -q -e clients/python
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 

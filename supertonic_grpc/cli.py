@@ -96,7 +96,7 @@ def _summary_line(
 
 def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
     # Imported here: the service-side validation pulls in grpc and the generated stubs.
-    from supertonic_grpc.client import build_request
+    from supertonic_client.client import build_request
     from supertonic_grpc.settings import Settings
     from supertonic_grpc.validation import RequestError, plan_request
 
@@ -163,7 +163,7 @@ class _WavWriter:
 
 
 def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
-    from supertonic_grpc.client import SupertonicClient, SupertonicError
+    from supertonic_client.client import SupertonicClient, SupertonicError
 
     options = _request_options(args)
     start = time.perf_counter()
@@ -220,7 +220,7 @@ def _table(rows: Iterable[tuple[str, str, str]]) -> str:
 def cmd_voices(args: argparse.Namespace) -> int:
     """Print the voices and the model state, of the local bundle or of `--server`."""
     if args.server:
-        from supertonic_grpc.client import SupertonicClient, SupertonicError
+        from supertonic_client.client import SupertonicClient, SupertonicError
 
         try:
             with SupertonicClient(args.server, timeout=args.timeout) as client:

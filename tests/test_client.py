@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from supertonic_grpc.client import (
+from supertonic_client.client import (
     AsyncSupertonicClient,
     Chunk,
     Encoding,

@@ -3,7 +3,7 @@
     supertonic-grpc serve &                     # or: make run
     python clients/python/example.py "Hello there. How are you today?" -o hello.wav
 
-Uses `supertonic_grpc.client`, the typed wrapper over the generated stubs.
+Uses `supertonic_client.client`, the typed wrapper over the generated stubs.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
+from supertonic_client.client import SupertonicClient, SupertonicError
 from supertonic_grpc.audio import wav_bytes
-from supertonic_grpc.client import SupertonicClient, SupertonicError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""The light Python client for supertonic-grpc: `supertonic_client.client`."""
