@@ -88,7 +88,11 @@ class ChunkTimings:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One streamed piece of audio: decoded float32 `audio` plus the wire payload `data`."""
+    """One streamed piece of audio: decoded float32 `audio` plus the wire payload `data`.
+
+    A text chunk's audio may come as several pieces with the same `index` (`piece` 0, 1,
+    ...; `last_piece` on the final one); offsets and durations are per piece.
+    """
 
     index: int
     audio: np.ndarray = field(repr=False)  # float32 mono in [-1, 1] at sample_rate_hz
@@ -101,6 +105,8 @@ class Chunk:
     audio_offset_seconds: float
     duration_seconds: float
     timings: ChunkTimings
+    piece: int = 0
+    last_piece: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,8 @@ def _chunk(msg: tts_pb2.AudioChunk, decode: bool = True) -> Chunk:
         audio_offset_seconds=msg.audio_offset_seconds,
         duration_seconds=msg.duration_seconds,
         timings=ChunkTimings(t.queue_seconds, t.compute_seconds, t.batch_size),
+        piece=msg.piece,
+        last_piece=msg.last_piece,
     )
 
 
