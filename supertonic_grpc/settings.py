@@ -75,7 +75,9 @@ class Settings:
     )
     max_text_chars: int = field(default=5000, metadata={"help": "longest request text"})
     max_chunk_chars: int = field(default=300, metadata={"help": "default longest chunk"})
-    first_chunk_chars: int = field(default=100, metadata={"help": "default longest 1st chunk"})
+    first_chunk_chars: int = field(
+        default=60, metadata={"help": "default longest 1st chunk (short: fast first audio)"}
+    )
     chunk_growth: float = field(
         default=2.0, metadata={"help": "each chunk's length limit vs the previous one's"}
     )

@@ -112,6 +112,20 @@ def _output_format(req: tts_pb2.SynthesizeRequest, streaming: bool) -> tuple[aud
     return enc, rate
 
 
+# The slowest plausible speaking rate (characters per second at speed 1.0) and the longest
+# chunk audio that fits the latent frames (1000 frames of 3072 samples at 44.1 kHz ≈ 69.7 s,
+# with a margin for the duration predictor's spread).
+SLOWEST_CHARS_PER_SECOND = {"ko": 4.0}
+SLOWEST_DEFAULT_CHARS_PER_SECOND = 10.0
+MAX_CHUNK_AUDIO_SECONDS = 60.0
+
+
+def fitting_chunk_chars(language: str, speed: float) -> int:
+    """The longest chunk, in characters, whose audio surely fits one latent."""
+    rate = SLOWEST_CHARS_PER_SECOND.get(language, SLOWEST_DEFAULT_CHARS_PER_SECOND)
+    return max(FIRST_CHUNK_CHARS_RANGE[0], int(MAX_CHUNK_AUDIO_SECONDS * rate * speed))
+
+
 def _chunk_limits(req: tts_pb2.SynthesizeRequest, settings: Settings) -> tuple[int, int]:
     max_chars = req.chunking.max_chunk_chars or settings.max_chunk_chars
     _check_range("chunking.max_chunk_chars", max_chars, MAX_CHUNK_CHARS_RANGE)
@@ -150,6 +164,10 @@ def plan_request(
     _check_range("steps", steps, (MIN_STEPS, MAX_STEPS))
     encoding, rate = _output_format(req, streaming)
     max_chars, first_chars = _chunk_limits(req, settings)
+    # A chunk's latent must fit the model's frames, or its audio would be squeezed or cut:
+    # slow speech gets smaller chunks (split further, never refused).
+    fit = fitting_chunk_chars(language, speed)
+    max_chars, first_chars = min(max_chars, fit), min(first_chars, fit)
     seed = req.seed if req.HasField("seed") else secrets.randbits(63)
 
     planned: list[PlannedChunk] = []
