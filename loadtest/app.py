@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from loadtest import listeners, prom
+from loadtest import heavy, listeners, prom
 from loadtest.cli import fail, parse_args
 from loadtest.corpus import TextPicker, load_texts
 from loadtest.report import build_report, render_markdown, write_reports
@@ -97,6 +97,11 @@ async def drive(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         stubs = [tts_pb2_grpc.TextToSpeechStub(ch) for ch in channels]
         await warm_up(cfg, stubs[0], picker)
+        if args.heavy:
+            result = await heavy.run_heavy(
+                stubs[0], cfg, args.heavy, args.t1_repeats, args.heavy_settle_s
+            )
+            return {"server_info": info, "levels": [], "heavy": result}
         if cfg.mode in ("listen", "burst"):
             return {"server_info": info, **await listeners.drive_levels(cfg, args, stubs, picker)}
         levels: list[LevelResult] = []
@@ -143,6 +148,8 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
     )
     if "t1" in run:
         listeners.add_to_report(report, run)
+    if "heavy" in run:
+        report["heavy"] = run["heavy"]
     return report
 
 
@@ -156,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         report = asyncio.run(execute(args))
+        if "heavy" in report:
+            paths = heavy.write(report["heavy"], args.out_dir)
+            print(paths[1].read_text(encoding="utf-8"))
+            return 0
         paths = write_reports(report, args.out_dir, charts=not args.no_charts)
     except (RunError, SpawnError, OSError, ValueError) as exc:
         fail(str(exc), code=1)

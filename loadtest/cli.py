@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--t1-repeats", type=int, default=5, help="idle tries T1 is the median of")
     load.add_argument(
+        "--heavy", type=int, default=0, metavar="N",
+        help="instead of levels: a 40-char request's TTFA idle vs with N maximum-cost requests "
+        "(5000 chars, steps 50, speed 0.5) running; writes heavy.json/heavy.md",
+    )  # fmt: skip
+    load.add_argument("--heavy-settle-s", type=float, default=8.0, help="heavy warm-in time")
+    load.add_argument(
         "--users", type=int_list, default=None, help="concurrency levels (default 1,2,4,8)"
     )
     load.add_argument("--duration", type=float, default=None, help="seconds per level (default 30)")
@@ -172,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         _check(args.think_s >= 0, "--think-s must be >= 0")
         _check(args.stagger_s >= 0, "--stagger-s must be >= 0")
         _check(args.t1_repeats >= 1, "--t1-repeats must be >= 1")
+        _check(args.heavy >= 0, "--heavy must be >= 0")
     except UsageError as exc:
         fail(str(exc))
     for name, value in preset.items():

@@ -113,11 +113,12 @@ def _output_format(req: tts_pb2.SynthesizeRequest, streaming: bool) -> tuple[aud
 
 
 # The slowest plausible speaking rate (characters per second at speed 1.0) and the longest
-# chunk audio that fits the latent frames (1000 frames of 3072 samples at 44.1 kHz ≈ 69.7 s,
-# with a margin for the duration predictor's spread).
+# audio a chunk may have: well inside the latent's 1000 frames (3072 samples at 44.1 kHz,
+# ≈ 69.7 s), and short enough that one flow step over one chunk stays short, since a new
+# listener waits for the step in flight.
 SLOWEST_CHARS_PER_SECOND = {"ko": 4.0}
 SLOWEST_DEFAULT_CHARS_PER_SECOND = 10.0
-MAX_CHUNK_AUDIO_SECONDS = 60.0
+MAX_CHUNK_AUDIO_SECONDS = 30.0
 
 
 def fitting_chunk_chars(language: str, speed: float) -> int:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from supertonic_grpc.engine import EngineError
+from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, EngineError
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.scheduler import (
     EngineShortfall,
@@ -18,6 +18,7 @@ from supertonic_grpc.scheduler import (
     SchedulerStopped,
     Ticket,
 )
+from supertonic_grpc.validation import fitting_chunk_chars
 from tests.fake_engine import FakeClock, FakeEngine, job
 
 HIGH, NORMAL = Priority.HIGH, Priority.NORMAL
@@ -185,9 +186,9 @@ def test_a_hopeless_stream_does_not_take_the_step_from_one_that_can_be_saved() -
     clock = FakeClock()
     s = started(Scheduler(FakeEngine(clock, step_cost=0.01), max_batch=1, clock=clock))
     out: list = []
-    # Stream 1 is already 5 s behind; stream 2 runs dry in 0.1 s and can still make it.
+    # Stream 1 is already 5 s behind; stream 2 runs dry in 0.2 s and can still make it.
     s.submit(job(Ticket(1), NORMAL, clock.now - 5, out, tokens=10, steps=1))
-    s.submit(job(Ticket(2), NORMAL, clock.now + 0.1, out, tokens=10, steps=1))
+    s.submit(job(Ticket(2), NORMAL, clock.now + 0.2, out, tokens=10, steps=1))
     first = s.step(block=False)
     assert first.request_ids == (2,) and first.urgent == 1
 
@@ -230,10 +231,13 @@ def test_step_frame_budget_bounds_a_step_but_always_takes_one() -> None:
 
 
 def test_heavy_requests_do_not_delay_a_newcomers_first_audio_beyond_a_bound() -> None:
-    """Four maximum-cost requests (5000 chars, steps 50, speed 0.5: chunks of ~300 chars,
-    ~570 latent frames) are running; a new 40-character request must get its first audio
-    within 3x of what it gets on an idle server."""
+    """Four maximum-cost requests (5000 chars, steps 50, speed 0.5) are running; a new
+    40-character request must get its first audio within 3x of what it gets on an idle
+    server. The heavy chunks are as long as validation allows at speed 0.5, with latents as
+    long as the demo speaking rate gives them."""
     cost = dict(step_cost=5e-4, vocode_cost=1e-3, admit_cost=0.01)
+    chars = fitting_chunk_chars("en", 0.5)
+    frames = int(chars / DEMO_CHARS_PER_SECOND / 0.5 * 44100 / 3072)
 
     def first_audio(heavy: int) -> float:
         clock = FakeClock()
@@ -243,7 +247,7 @@ def test_heavy_requests_do_not_delay_a_newcomers_first_audio_beyond_a_bound() ->
         for rid in range(1, heavy + 1):
             t = Ticket(rid)
             for k in (1, 2):  # lookahead 2; hopelessly behind or barely on time
-                s.submit(job(t, NORMAL, clock.now + k - 1, out, tokens=570, steps=50, index=k))
+                s.submit(job(t, NORMAL, clock.now + k - 1, out, tokens=frames, steps=50, index=k))
         for _ in range(7):
             s.step(block=False)  # the heavy chunks are mid-flight
         newcomer: list = []

@@ -108,6 +108,7 @@ class Limits:
     mix: bool = False  # later chunks share steps with first chunks (GPU)
     first_piece_frames: int = 10  # ~0.7 s: the first audio of a request
     piece_frames: int = 72  # ~5 s: later pieces
+    max_vocode_frames: int = 144  # vocoded per tick (beyond first pieces), so ticks stay short
     urgent_margin_s: float = 0.25
     high_burst_s: float = 1.0
 
@@ -259,7 +260,7 @@ class Policy:
         """The next piece of each chunk whose flow is done: a first chunk's first piece
         always; others too when no first chunk is in flight, else only when due soon."""
         out = []
-        budget = self.limits.max_step_frames
+        budget = self.limits.max_vocode_frames
         ready = [r for r in running if r.flight.denoised and not r.flight.finished]
         ready.sort(key=lambda r: (not r.high, self.deadline(r.job, running), r.job.seq))
         for r in ready:
