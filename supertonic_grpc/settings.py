@@ -37,7 +37,11 @@ class Settings:
     )
     max_batch: int = field(default=0, metadata={"help": "chunks per batch (0: 32 GPU, 8 CPU)"})
     max_batch_tokens: int = field(
-        default=0, metadata={"help": "text tokens per batch (0: 600 CPU, unbounded GPU)"}
+        default=0,
+        metadata={
+            "help": "padded latent frames (~ text tokens) per flow step (0: 300 CPU, unbounded "
+            "GPU): bounds one step, so how long a new listener waits for the step in flight"
+        },
     )
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
@@ -101,7 +105,7 @@ class Settings:
         its size, so the budget keeps any one batch to a couple of seconds."""
         if self.max_batch_tokens > 0:
             return self.max_batch_tokens
-        return 1_000_000 if device_type == "cuda" else 600
+        return 1_000_000 if device_type == "cuda" else 300
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

@@ -18,6 +18,7 @@ from supertonic_grpc.scheduler import (
     SchedulerStopped,
     Ticket,
 )
+from supertonic_grpc.settings import Settings
 from supertonic_grpc.validation import fitting_chunk_chars
 from tests.fake_engine import FakeClock, FakeEngine, job
 
@@ -242,7 +243,8 @@ def test_heavy_requests_do_not_delay_a_newcomers_first_audio_beyond_a_bound() ->
     def first_audio(heavy: int) -> float:
         clock = FakeClock()
         engine = FakeEngine(clock, **cost)
-        s = started(Scheduler(engine, max_batch_tokens=600, clock=clock))
+        budget = Settings().resolved_max_batch_tokens("cpu")
+        s = started(Scheduler(engine, max_batch_tokens=budget, clock=clock))
         out: list = []
         for rid in range(1, heavy + 1):
             t = Ticket(rid)

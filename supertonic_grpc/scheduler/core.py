@@ -240,6 +240,7 @@ class Scheduler:
                 [e[2] for e in self._normal],
                 self._running,
                 now,
+                self._high_run_s,
             )
             self._unqueue(jobs)
             self._update_depth()
@@ -272,7 +273,7 @@ class Scheduler:
         chosen, urgent = self.policy.step_set(self._running, now, self._high_run_s)
         high_work = any(r.high for r in chosen)
         stepped = self._step(chosen, errors)
-        pieces = self.policy.vocode_set(self._running, now, high_work)
+        pieces = self.policy.vocode_set(self._running, now, high_work, bool(stepped))
         vocoded = self._vocode(pieces, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0

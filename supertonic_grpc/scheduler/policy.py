@@ -8,12 +8,13 @@ Rules, in order:
 - First chunks (HIGH) come first: they are admitted at the next tick and step without
   company on CPU, so a newcomer's first audio waits at most for the tick in flight, whatever
   else is queued. On a GPU (`mix`) later chunks share the step: extra rows are nearly free.
-- A HIGH burst has a bound (`high_burst_s` of engine time) while later chunks are urgent,
-  so a flood of newcomers cannot starve running streams either.
-- Later chunks (NORMAL) are ordered by class, then deadline: *urgent* (can still make its
-  deadline and has little slack), *feasible*, then *hopeless* (cannot make it even alone).
-  A hopeless stream no longer counts as urgent: it cannot take the engine from streams that
-  can still be saved, nor from newcomers. Hopeless streams are served least-work first.
+- A HIGH burst has a bound (`high_burst_s` of engine time) while later chunks are urgent or
+  late, so a flood of newcomers cannot starve running streams either.
+- Later chunks (NORMAL) are ordered by class: *urgent* (can still make its deadline, little
+  slack) by deadline, then *hopeless* (cannot make it even alone) least-served first, then
+  *feasible* by deadline. A hopeless stream never goes ahead of one that can still be saved,
+  and takes the engine from newcomers only within the burst bound above.
+- A request's chunks are admitted in order: a later chunk never overtakes an earlier one.
 - Fair share: the first pass takes one chunk per request, the second fills what is left.
 - Every step is bounded by `max_batch` rows and `max_step_frames` padded frames (rows x
   longest latent), so one tick, and therefore any newcomer's wait, stays short.
@@ -38,9 +39,11 @@ FRAMES_PER_TOKEN = 1.0
 
 
 class Urgency(enum.IntEnum):
-    URGENT = 0
-    FEASIBLE = 1
-    HOPELESS = 2
+    """A later chunk's class, in the order they are served."""
+
+    URGENT = 0  # can still make its deadline, with little slack
+    HOPELESS = 1  # cannot make it even alone: least-served first, bounded against newcomers
+    FEASIBLE = 2  # has slack
 
 
 @dataclass
@@ -107,10 +110,10 @@ class Limits:
     max_running: int = 16  # chunks admitted at once
     mix: bool = False  # later chunks share steps with first chunks (GPU)
     first_piece_frames: int = 10  # ~0.7 s: the first audio of a request
-    piece_frames: int = 72  # ~5 s: later pieces
-    max_vocode_frames: int = 144  # vocoded per tick (beyond first pieces), so ticks stay short
+    piece_frames: int = 120  # ~8.4 s: later pieces (fewer pieces: less vocoder context)
+    max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
     urgent_margin_s: float = 0.25
-    high_burst_s: float = 1.0
+    high_burst_s: float = 0.75
 
 
 class Policy:
@@ -168,7 +171,12 @@ class Policy:
     # --- admission -----------------------------------------------------------------------
 
     def admissions(
-        self, high: Sequence[Job], normal: Sequence[Job], running: Sequence[Running], now: float
+        self,
+        high: Sequence[Job],
+        normal: Sequence[Job],
+        running: Sequence[Running],
+        now: float,
+        high_run_s: float = 0.0,
     ) -> list[Job]:
         """Queued jobs to admit this tick: first chunks (oldest first) while rows allow,
         then later chunks by deadline; a later chunk with slack waits while a first chunk
@@ -182,16 +190,22 @@ class Policy:
             chosen.append(job)
         high_work = bool(chosen) or high_running > 0
         room = lim.max_running - len(running) - len(chosen)
-        ranked = sorted((self._job_key(j, running, now), j) for j in normal)
+        ranked = sorted((self._job_key(j, running, now), j) for j in _in_order(normal))
         busy = {id(r.ticket) for r in running}
         ranked = _fair_order(ranked, lambda e: e[1].ticket, busy)
         for (urgency, *_), job in ranked[: max(0, room)]:
             if len(chosen) >= lim.max_batch:
                 break
-            if high_work and not lim.mix and urgency is not Urgency.URGENT:
+            if high_work and not lim.mix and not self._may_interrupt(urgency, high_run_s):
                 continue
             chosen.append(job)
         return chosen
+
+    def _may_interrupt(self, urgency: Urgency, high_run_s: float) -> bool:
+        """Whether a later chunk may take engine time while first chunks are in flight."""
+        if urgency is Urgency.URGENT:
+            return True
+        return urgency is Urgency.HOPELESS and high_run_s >= self.limits.high_burst_s
 
     def _job_key(
         self, job: Job, running: Sequence[Running], now: float
@@ -216,10 +230,12 @@ class Policy:
         high = sorted((r for r in denoising if r.high), key=lambda r: r.job.seq)
         normal = self._classify((r for r in denoising if not r.high), running, now)
         urgent = [r for key, r in normal if key[0] == Urgency.URGENT]
+        needy = [r for key, r in normal if key[0] != Urgency.FEASIBLE]
         if lim.mix:
             order = urgent + high + [r for key, r in normal if key[0] != Urgency.URGENT]
-        elif high and not (urgent and high_run_s >= lim.high_burst_s):
-            order = high
+        elif high and not (needy and high_run_s >= lim.high_burst_s):
+            # First chunks alone, plus later chunks that cannot wait for them.
+            order = high + urgent
         else:
             order = [r for _, r in normal] if normal else high
         chosen = self._fill(order)
@@ -255,16 +271,17 @@ class Policy:
         return lim.first_piece_frames if r.high else lim.piece_frames
 
     def vocode_set(
-        self, running: Sequence[Running], now: float, high_work: bool
+        self, running: Sequence[Running], now: float, high_work: bool, stepped: bool = False
     ) -> list[tuple[Running, int]]:
         """The next piece of each chunk whose flow is done: a first chunk's first piece
-        always; others too when no first chunk is in flight, else only when due soon."""
+        always; others too when no first chunk is in flight, else only when due soon.
+        A tick that also ran a flow step vocodes half as much, so ticks stay short."""
         out = []
-        budget = self.limits.max_vocode_frames
+        budget = self.limits.max_vocode_frames // (2 if stepped else 1)
         ready = [r for r in running if r.flight.denoised and not r.flight.finished]
         ready.sort(key=lambda r: (not r.high, self.deadline(r.job, running), r.job.seq))
         for r in ready:
-            frames = self._piece_frames(r)
+            frames = min(self._piece_frames(r), r.flight.frames - r.flight.vocoded_frames)
             if not r.high and high_work and not self.limits.mix:
                 slack = self.deadline(r.job, running) - now
                 if self.urgency(slack, self.cost.vocode_s(frames)) is not Urgency.URGENT:
@@ -286,3 +303,13 @@ def _fair_order(items: Sequence[_E], ticket_of: Callable[[_E], Ticket], busy: se
         (rest if key in seen else first).append(item)
         seen.add(key)
     return first + rest
+
+
+def _in_order(jobs: Sequence[Job]) -> list[Job]:
+    """Each request's earliest queued chunk only: a request's chunks are admitted in order."""
+    first: dict[int, Job] = {}
+    for job in jobs:
+        key = id(job.ticket)
+        if key not in first or job.index < first[key].index:
+            first[key] = job
+    return list(first.values())
