@@ -23,13 +23,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from supertonic_grpc.engine import Flight, Synthesized
 from supertonic_grpc.scheduler.jobs import (
     EngineLike,
     Job,
-    JobResult,
     MetricsLike,
     Priority,
     QueueFull,
@@ -37,6 +33,7 @@ from supertonic_grpc.scheduler.jobs import (
     Ticket,
 )
 from supertonic_grpc.scheduler.policy import CostModel, Limits, Policy, Running
+from supertonic_grpc.scheduler.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +100,6 @@ class Scheduler:
         self.policy = Policy(self.limits, self.cost, self.sample_rate, self.frame_samples)
         self._high: list[tuple[float, int, Job]] = []  # by arrival
         self._normal: list[tuple[float, int, Job]] = []  # by submitted deadline
-        self._running: list[Running] = []  # the scheduler thread's own
         self._running_count = 0
         self._cond = threading.Condition()
         self._seq = itertools.count()
@@ -112,8 +108,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._running_flag = False
         self._high_run_s = 0.0  # engine time of consecutive ticks spent on first chunks
-        self._first_audio_ema_s = 0.0
-        self._chunk_ema_s = 0.0
+        self.stages = Stages(engine, self.cost, metrics, clock, self.sample_rate)
 
     # --- the event-loop side (any thread) ----------------------------------------------
 
@@ -167,12 +162,12 @@ class Scheduler:
 
     def expected_first_audio_s(self) -> float:
         """Recent time from a first chunk's admission to its first piece; 0.5 s before any."""
-        return self._first_audio_ema_s or 0.5
+        return self.stages.first_audio_ema_s or 0.5
 
     def retry_after_s(self) -> float:
         """A rough wait until the backlog drains: backlog x recent time per chunk / rows."""
         backlog = len(self._high) + len(self._normal) + self._running_count
-        per_chunk = (self._chunk_ema_s or 0.5) / max(1, self.max_batch)
+        per_chunk = (self.stages.chunk_ema_s or 0.5) / max(1, self.max_batch)
         return max(0.5, min(60.0, backlog * per_chunk))
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -195,18 +190,21 @@ class Scheduler:
         with self._cond:
             leftovers = [e[2] for h in (self._high, self._normal) for e in h]
             leftovers += [r.job for r in self._running]
-            self._high, self._normal, self._running = [], [], []
+            self._high, self._normal, self.stages.running = [], [], []
             self._running_count = 0
             calls, self._calls = list(self._calls), deque()
             self._update_depth()
-        for job in leftovers:
-            _deliver(job, SchedulerStopped("server shutting down"))
+        self.stages.fail(leftovers, SchedulerStopped("server shutting down"))
         for _, fut in calls:
             fut.set_exception(SchedulerStopped("server shutting down"))
 
     @property
     def running(self) -> bool:
         return self._running_flag
+
+    @property
+    def _running(self) -> list[Running]:
+        return self.stages.running
 
     # --- the scheduler thread --------------------------------------------------------------
 
@@ -269,12 +267,12 @@ class Scheduler:
     def _tick(self, now: float, jobs: list[Job], dropped: int) -> StepDecision:
         errors: list[str] = []
         start = self.clock()
-        admitted = self._admit(jobs, start, errors)
+        admitted = self.stages.admit(jobs, start, errors)
         chosen, urgent = self.policy.step_set(self._running, now, self._high_run_s)
         high_work = any(r.high for r in chosen)
-        stepped = self._step(chosen, errors)
+        stepped = self.stages.step(chosen, errors)
         pieces = self.policy.vocode_set(self._running, now, high_work, bool(stepped))
-        vocoded = self._vocode(pieces, errors)
+        vocoded = self.stages.vocode(pieces, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
         with self._cond:
@@ -304,142 +302,7 @@ class Scheduler:
                 running_gauge.set(len(self._running))
         return decision
 
-    # --- the three stages ---------------------------------------------------------------
-
-    def _admit(self, jobs: list[Job], start: float, errors: list[str]) -> list[Job]:
-        if not jobs:
-            return []
-        t0 = self.clock()
-        try:
-            flights: Sequence[Flight] = self.engine.admit([j.utterance for j in jobs])
-        except Exception as exc:  # confined to these jobs: they fail, the server goes on
-            log.exception("admission of %d chunks failed", len(jobs))
-            errors.append(f"admit: {exc}")
-            self._fail(jobs, exc)
-            return []
-        self.cost.learn_admit(sum(len(j.utterance.token_ids) for j in jobs), self.clock() - t0)
-        if len(flights) != len(jobs):
-            errors.append(f"admit: engine returned {len(flights)} flights for {len(jobs)}")
-            self._fail(jobs[len(flights) :], EngineShortfall(len(flights), len(jobs)))
-        admitted = []
-        for job, flight in zip(jobs, flights, strict=False):
-            self._running.append(Running(job, flight, start))
-            admitted.append(job)
-            if self.metrics is not None:
-                label = job.priority.name.lower()
-                self.metrics.queue_wait_seconds.labels(label).observe(
-                    max(0.0, start - job.submitted)
-                )
-        return admitted
-
-    def _step(self, chosen: list[Running], errors: list[str]) -> tuple[tuple[int, int, int], ...]:
-        if not chosen:
-            return ()
-        before = [r.flight.step for r in chosen]
-        t0 = self.clock()
-        try:
-            self.engine.step([r.flight for r in chosen])
-        except Exception as exc:  # only this step's chunks fail
-            log.exception("flow step over %d chunks failed", len(chosen))
-            errors.append(f"step: {exc}")
-            self._fail_running(chosen, exc)
-            return ()
-        longest = max(r.flight.frames for r in chosen)
-        self.cost.learn_step(len(chosen), longest, self.clock() - t0)
-        stuck = []
-        for r, b in zip(chosen, before, strict=True):
-            r.batch_size = max(r.batch_size, len(chosen))
-            r.ticket.work += r.flight.frames
-            if r.flight.step != b + 1:
-                stuck.append(r)
-        if stuck:
-            # An engine that did not advance a chunk would otherwise be stepped forever.
-            errors.append(f"step: engine did not advance {len(stuck)} chunk(s)")
-            self._fail_running(stuck, EngineShortfall(len(chosen) - len(stuck), len(chosen)))
-        return tuple(
-            (r.ticket.request_id, r.job.index, b) for r, b in zip(chosen, before, strict=True)
-        )
-
-    def _vocode(
-        self, pieces: list[tuple[Running, int]], errors: list[str]
-    ) -> tuple[tuple[int, int, int], ...]:
-        if not pieces:
-            return ()
-        t0 = self.clock()
-        try:
-            wavs = self.engine.vocode([(r.flight, n) for r, n in pieces])
-        except Exception as exc:
-            log.exception("vocoding %d pieces failed", len(pieces))
-            errors.append(f"vocode: {exc}")
-            self._fail_running([r for r, _ in pieces], exc)
-            return ()
-        now = self.clock()
-        self.cost.learn_vocode(sum(n for _, n in pieces), now - t0)
-        if len(wavs) != len(pieces):
-            errors.append(f"vocode: engine returned {len(wavs)} pieces for {len(pieces)}")
-            self._fail_running(
-                [r for r, _ in pieces[len(wavs) :]], EngineShortfall(len(wavs), len(pieces))
-            )
-        done = []
-        for (r, n), wav in zip(pieces, wavs, strict=False):
-            r.ticket.work += n
-            done.append((r.ticket.request_id, r.job.index, r.pieces))
-            self._deliver_piece(r, np.asarray(wav, dtype=np.float32), now)
-        return tuple(done)
-
-    def _deliver_piece(self, r: Running, wav: np.ndarray, now: float) -> None:
-        seconds = len(wav) / self.sample_rate
-        last = r.flight.finished
-        if r.pieces == 0:
-            r.first_piece_at = now
-            if r.job.priority is Priority.HIGH:
-                sample = now - r.admitted
-                ema = self._first_audio_ema_s
-                self._first_audio_ema_s = sample if not ema else 0.8 * ema + 0.2 * sample
-        r.ticket.playback.on_chunk_sent(now, seconds)
-        m = self.metrics
-        if m is not None:
-            m.audio_seconds_total.inc(seconds)
-        piece = r.pieces
-        r.pieces += 1
-        queue_s, compute_s = r.admitted - r.job.submitted, now - r.admitted
-        chunk_s = r.flight.samples / self.sample_rate
-        if r.job.pieces:
-            result = JobResult(
-                Synthesized(wav, seconds), queue_s, compute_s, r.batch_size, piece, last, now,
-                chunk_s,
-            )  # fmt: skip
-            _deliver(r.job, result)
-        else:
-            r.parts.append(wav)
-            if last:
-                whole = np.concatenate(r.parts) if len(r.parts) > 1 else r.parts[0]
-                r.parts = []
-                result = JobResult(
-                    Synthesized(whole, len(whole) / self.sample_rate), queue_s, compute_s,
-                    r.batch_size, 0, True, now, chunk_s,
-                )  # fmt: skip
-                _deliver(r.job, result)
-        if last:
-            self._running.remove(r)
-            ema = self._chunk_ema_s
-            self._chunk_ema_s = compute_s if not ema else 0.8 * ema + 0.2 * compute_s
-            if m is not None:
-                label = r.job.priority.name.lower()
-                m.compute_seconds.labels(label).observe(compute_s)
-                m.chunks_total.labels(label).inc()
-
     # --- bookkeeping --------------------------------------------------------------------
-
-    def _fail(self, jobs: Sequence[Job], exc: BaseException) -> None:
-        for job in jobs:
-            _deliver(job, exc)
-
-    def _fail_running(self, items: Sequence[Running], exc: BaseException) -> None:
-        for r in items:
-            if r in self._running:
-                self._running.remove(r)
-        self._fail([r.job for r in items], exc)
 
     def _drop_queued(self) -> int:
         """Remove cancelled jobs from the queues (under the lock)."""
@@ -457,7 +320,7 @@ class Scheduler:
         """Cancelled chunks leave the running set: their cost stops at this tick."""
         kept = [r for r in self._running if not r.ticket.cancelled]
         dropped = len(self._running) - len(kept)
-        self._running = kept
+        self.stages.running = kept
         self._running_count = len(kept)
         return dropped
 
@@ -477,17 +340,3 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.queue_depth.labels("high").set(len(self._high))
             self.metrics.queue_depth.labels("normal").set(len(self._normal))
-
-
-class EngineShortfall(RuntimeError):
-    """The engine returned fewer results than it was given items (or left one unchanged)."""
-
-    def __init__(self, got: int, expected: int) -> None:
-        super().__init__(f"engine returned {got} results for {expected} items")
-
-
-def _deliver(job: Job, outcome: JobResult | BaseException) -> None:
-    try:
-        job.on_done(outcome)
-    except Exception:  # a broken callback must not take the scheduler down
-        log.exception("job callback failed")
