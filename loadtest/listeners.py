@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loadtest.corpus import Text, TextPicker
-from loadtest.runner import LevelResult, RunConfig, one_request, run_level
+from loadtest.runner import LevelResult, RunConfig, one_request, requests_loop, run_level
 from loadtest.stats import StreamRecord
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2_grpc
 
@@ -47,20 +47,14 @@ async def listener(
     records: list[StreamRecord],
 ) -> None:
     """One real-time listener: request, listen to the end, think, repeat until ``stop_at``."""
-    rng = picker.for_user(level, user)
     think = random.Random(f"think:{cfg.seed}:{level}:{user}")
-    await asyncio.sleep(cfg.stagger_s * user / max(1, level))
-    sent = 0
-    while (cfg.requests == 0 or sent < cfg.requests) and time.monotonic() < stop_at:
-        text = picker.pick(rng)
-        rec = StreamRecord(user=user, text_id=text.id, language=text.language, start=0.0)
-        records.append(rec)
-        await one_request(stub, cfg, text, rec)
-        sent += 1
+
+    def pause(rec: StreamRecord) -> float:
         wait = listening_ends(rec) - time.monotonic()
-        if cfg.think_s > 0:
-            wait += think.expovariate(1.0 / cfg.think_s)
-        await asyncio.sleep(max(0.0, wait))
+        return wait + (think.expovariate(1.0 / cfg.think_s) if cfg.think_s > 0 else 0.0)
+
+    await asyncio.sleep(cfg.stagger_s * user / max(1, level))
+    await requests_loop(stub, cfg, picker, level, user, stop_at, records, pause)
 
 
 def burst_start(level: int) -> Callable[..., Awaitable[None]]:

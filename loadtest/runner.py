@@ -156,7 +156,7 @@ async def one_request(
         rec.end = time.monotonic()
 
 
-async def _user(
+async def requests_loop(
     stub: tts_pb2_grpc.TextToSpeechStub,
     cfg: RunConfig,
     picker: TextPicker,
@@ -164,7 +164,10 @@ async def _user(
     user: int,
     stop_at: float,
     records: list[StreamRecord],
+    pause: Callable[[StreamRecord], float] | None = None,
 ) -> None:
+    """Requests one after the other until ``stop_at``; after each, wait ``pause(record)``
+    seconds (default: none, except a short back-off after a failure)."""
     rng = picker.for_user(level, user)
     sent = 0
     while (cfg.requests == 0 or sent < cfg.requests) and time.monotonic() < stop_at:
@@ -173,8 +176,9 @@ async def _user(
         records.append(rec)
         await one_request(stub, cfg, text, rec)
         sent += 1
-        if not rec.ok:
-            await asyncio.sleep(_ERROR_BACKOFF_S)
+        wait = pause(rec) if pause is not None else 0.0 if rec.ok else _ERROR_BACKOFF_S
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 @dataclass
@@ -204,7 +208,7 @@ async def run_level(
     records: list[StreamRecord] = []
     cpu0, t0 = time.process_time(), time.monotonic()
     stop_at = t0 + cfg.duration_s
-    loop = user_loop or _user
+    loop = user_loop or requests_loop
     tasks = [
         asyncio.ensure_future(loop(stubs[u % len(stubs)], cfg, picker, users, u, stop_at, records))
         for u in range(users)
