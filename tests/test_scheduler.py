@@ -349,3 +349,16 @@ def test_thread_runs_jobs_and_calls_then_stop_fails_leftovers() -> None:
     s.stop()
     with pytest.raises(SchedulerStopped):
         s.submit(job(Ticket(2), HIGH, 0.0, out))
+
+
+def test_an_urgent_later_chunk_steps_beside_a_newcomer_in_its_own_call() -> None:
+    clock = FakeClock()
+    engine = FakeEngine(clock)
+    s = started(Scheduler(engine, max_batch_tokens=300, clock=clock))
+    out: list = []
+    s.submit(job(Ticket(1), NORMAL, clock.now + 0.8, out, tokens=250, steps=2, index=1))
+    s.submit(job(Ticket(2), HIGH, clock.now, out, tokens=30, steps=2))
+    tick = s.step(block=False)
+    # Both step (neither waits for the other), in two engine calls: no padding 30 to 250.
+    assert tick.stepped == ((2, 0, 0), (1, 1, 0)) and tick.urgent == 1
+    assert [[f.frames for f in call] for call in engine.steps] == [[30], [250]]

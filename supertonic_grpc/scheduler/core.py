@@ -268,9 +268,9 @@ class Scheduler:
         errors: list[str] = []
         start = self.clock()
         admitted = self.stages.admit(jobs, start, errors)
-        chosen, urgent = self.policy.step_set(self._running, now, self._high_run_s)
-        high_work = any(r.high for r in chosen)
-        stepped = self.stages.step(chosen, errors)
+        groups, urgent = self.policy.step_groups(self._running, now, self._high_run_s)
+        high_work = any(r.high for g in groups for r in g)
+        stepped = tuple(s for g in groups for s in self.stages.step(g, errors))
         pieces = self.policy.vocode_set(self._running, now, high_work, bool(stepped))
         vocoded = self.stages.vocode(pieces, errors)
         compute = self.clock() - start

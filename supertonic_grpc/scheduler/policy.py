@@ -221,10 +221,13 @@ class Policy:
 
     # --- the flow step -------------------------------------------------------------------
 
-    def step_set(
+    def step_groups(
         self, running: Sequence[Running], now: float, high_run_s: float
-    ) -> tuple[list[Running], int]:
-        """The chunks that take one flow step this tick, and how many of them are urgent."""
+    ) -> tuple[list[list[Running]], int]:
+        """The chunks that take one flow step this tick, as groups of one engine call each,
+        and how many of them are urgent. On CPU first chunks and the later chunks that cannot
+        wait for them step in separate calls: padding a short first chunk to a long later
+        chunk's length would cost both."""
         lim = self.limits
         denoising = [r for r in running if not r.flight.denoised]
         high = sorted((r for r in denoising if r.high), key=lambda r: r.job.seq)
@@ -234,12 +237,13 @@ class Policy:
         if lim.mix:
             order = urgent + high + [r for key, r in normal if key[0] != Urgency.URGENT]
         elif high and not (needy and high_run_s >= lim.high_burst_s):
-            # First chunks alone, plus later chunks that cannot wait for them.
-            order = high + urgent
+            # First chunks alone, and later chunks that cannot wait for them.
+            groups = [g for g in (self._fill(high), self._fill(urgent)) if g]
+            return groups, sum(len(g) for g in groups[1:])
         else:
             order = [r for _, r in normal] if normal else high
         chosen = self._fill(order)
-        return chosen, sum(1 for r in chosen if r in urgent)
+        return [chosen] if chosen else [], sum(1 for r in chosen if r in urgent)
 
     def _fill(self, order: Sequence[Running]) -> list[Running]:
         """Up to the row and frame budgets; first one chunk per request, then the rest.
