@@ -49,10 +49,10 @@ def test_a_tick_admits_steps_and_vocodes_a_chunk_in_pieces() -> None:
     out: list = []
     s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=25, steps=2))
     ticks = run(s)
-    assert [t.admitted for t in ticks] == [((1, 0),), (), ()]
-    assert [t.stepped for t in ticks] == [((1, 0, 0),), ((1, 0, 1),), ()]
-    # First piece right after the last step (10 frames, ~0.7 s), then the rest.
-    assert [t.vocoded for t in ticks] == [(), ((1, 0, 0),), ((1, 0, 1),)]
+    assert [t.admitted for t in ticks] == [((1, 0),), ()]
+    assert [t.stepped for t in ticks] == [((1, 0, 0),), ((1, 0, 1),)]
+    # First piece right after the last step (10 frames, ~0.7 s), handed over, then the rest.
+    assert [t.vocoded for t in ticks] == [(), ((1, 0, 0), (1, 0, 1))]
     assert [(r.piece, r.last_piece, len(r.synthesized.audio)) for r in results(out)] == [
         (0, False, 100),
         (1, True, 150),
@@ -82,7 +82,7 @@ def test_a_newcomer_starts_at_the_next_step_while_long_chunks_are_mid_flight() -
     a, b, c = (s.step(block=False) for _ in range(3))
     # The newcomer is admitted at the next tick and steps alone until its first piece.
     assert a.admitted == ((9, 0),) and a.stepped == ((9, 0, 0),)
-    assert b.stepped == ((9, 0, 1),) and b.vocoded == ((9, 0, 0),)
+    assert b.stepped == ((9, 0, 1),) and b.vocoded == ((9, 0, 0), (9, 0, 1))
     # Then the long chunks resume exactly where they were.
     assert c.stepped == ((1, 1, 3), (2, 1, 3))
 

@@ -272,7 +272,11 @@ class Scheduler:
         high_work = any(r.high for g in groups for r in g)
         stepped = tuple(s for g in groups for s in self.stages.step(g, errors))
         pieces = self.policy.vocode_set(self._running, now, high_work, bool(stepped))
+        firsts = [r for r, _ in pieces if r.high]
         vocoded = self.stages.vocode(pieces, errors)
+        # A first piece plays for only ~0.7 s: decode what follows it right after it is out.
+        follow = [(r, self.limits.piece_frames) for r in firsts if r in self._running]
+        vocoded += self.stages.vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
         with self._cond:
