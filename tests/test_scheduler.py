@@ -99,7 +99,8 @@ def test_later_chunks_step_in_deadline_order_when_rows_are_scarce() -> None:
 
 def test_first_chunks_are_admitted_oldest_first() -> None:
     clock = FakeClock()
-    s = started(Scheduler(FakeEngine(clock), max_batch=2, clock=clock))
+    limits = Limits(max_batch=2, max_running=2)
+    s = started(Scheduler(FakeEngine(clock), clock=clock, limits=limits))
     out: list = []
     for rid in (10, 11, 12):
         s.submit(job(Ticket(rid), HIGH, clock.now, out, steps=1))
@@ -107,6 +108,19 @@ def test_first_chunks_are_admitted_oldest_first() -> None:
     first = s.step(block=False)
     assert first.admitted == ((10, 0), (11, 0))
     assert s.step(block=False).admitted == ((12, 0),)
+
+
+def test_an_expensive_first_chunk_does_not_hold_a_cheap_one_behind_it() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock), max_batch_tokens=300, clock=clock))
+    out: list = []
+    for rid in (1, 2):  # 50-step first chunks of slow speech, earlier
+        s.submit(job(Ticket(rid), HIGH, clock.now, out, tokens=150, steps=50))
+    s.step(block=False)
+    s.submit(job(Ticket(9), HIGH, clock.now, out, tokens=40, steps=5))
+    ticks = [s.step(block=False) for _ in range(5)]
+    assert all(9 in t.request_ids for t in ticks)  # least remaining work first: never waits
+    assert any(isinstance(o, JobResult) and o.piece == 0 for o in out)
 
 
 def test_mixed_step_counts_share_steps_and_leave_when_done() -> None:

@@ -7,7 +7,9 @@ next piece of chunks whose flow is done. This module chooses those sets; `core` 
 Rules, in order:
 - First chunks (HIGH) come first: they are admitted at the next tick and step without
   company on CPU, so a newcomer's first audio waits at most for the tick in flight, whatever
-  else is queued. On a GPU (`mix`) later chunks share the step: extra rows are nearly free.
+  else is queued; among them the least remaining work (steps x frames) goes first, so an
+  expensive first chunk (50 steps, slow speech) cannot hold a cheap one behind it. On a GPU
+  (`mix`) later chunks share the step: extra rows are nearly free.
 - A HIGH burst has a bound (`high_burst_s` of engine time) while later chunks are urgent or
   late, so a flood of newcomers cannot starve running streams either.
 - Later chunks (NORMAL) are ordered by class: *urgent* (can still make its deadline, little
@@ -184,8 +186,9 @@ class Policy:
         lim = self.limits
         chosen: list[Job] = []
         high_running = sum(1 for r in running if r.high)
+        # Up to max_running first chunks in flight (the step takes the cheapest of them).
         for job in high:
-            if high_running + len(chosen) >= lim.max_batch:
+            if high_running + len(chosen) >= lim.max_running:
                 break
             chosen.append(job)
         high_work = bool(chosen) or high_running > 0
@@ -230,7 +233,12 @@ class Policy:
         chunk's length would cost both."""
         lim = self.limits
         denoising = [r for r in running if not r.flight.denoised]
-        high = sorted((r for r in denoising if r.high), key=lambda r: r.job.seq)
+        # Least remaining work first: a 50-step or long first chunk cannot hold a newcomer's
+        # short one behind it, and the mean wait for first audio is the shortest.
+        high = sorted(
+            (r for r in denoising if r.high),
+            key=lambda r: (r.flight.steps_left * r.flight.frames, r.job.seq),
+        )
         normal = self._classify((r for r in denoising if not r.high), running, now)
         urgent = [r for key, r in normal if key[0] == Urgency.URGENT]
         needy = [r for key, r in normal if key[0] != Urgency.FEASIBLE]
