@@ -203,6 +203,11 @@ class Scheduler:
         return self._running_flag
 
     @property
+    def alive(self) -> bool:
+        """Whether the scheduler thread is still there to run ticks."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def _running(self) -> list[Running]:
         return self.stages.running
 
