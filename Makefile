@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Where the tests find the published reference data (never copied into this repo).
 export SUPERTONIC_REFERENCE_DIR ?= $(abspath ../shared/reference/supertonic-2)
 
-.PHONY: install dev-install go-tools run test test-fast lint format proto proto-check go-stubs bench loadtest loadtest-smoke clean
+.PHONY: install dev-install go-tools ops-tools run test test-fast lint format proto proto-check go-stubs k8s-rules bench loadtest loadtest-smoke clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,22 @@ go-tools:
 	    $(APT_TOOLS) >/dev/null; \
 	fi
 
+# Operations test tools from Debian: Prometheus 2.42 with promtool (rules, unit tests, a live
+# server evaluating the dashboard) and nginx 1.22 (grpc_pass in front of two replicas).
+# No recommends: prometheus would pull in node-exporter. Package scripts do not start the
+# daemons where policy-rc.d forbids it; the tests run their own on free loopback ports.
+OPS_TOOLS := prometheus nginx
+ops-tools:
+	@if ! dpkg -s $(OPS_TOOLS) >/dev/null 2>&1; then \
+	  echo "installing $(OPS_TOOLS)"; \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(OPS_TOOLS) >/dev/null; \
+	fi
+
 run: install
 	$(PY) -m supertonic_grpc.cli serve $(ARGS)
 
-test: install go-tools
+test: install go-tools ops-tools
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -60,6 +72,10 @@ proto-check: install
 
 go-stubs: go-tools
 	cd clients/go && ./generate.sh
+
+# The PrometheusRule in deploy/k8s/base, from deploy/prometheus/*.rules.yml.
+k8s-rules: install
+	$(PY) deploy/k8s/gen_prometheusrule.py
 
 bench: install
 	$(PY) -m supertonic_grpc.cli bench $(ARGS)

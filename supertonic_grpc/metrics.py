@@ -43,6 +43,9 @@ COMPUTE_BUCKETS = (
     0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# The service's RPCs, and those that observe time to first audio.
+RPCS = ("Synthesize", "SynthesizeOnce", "ListVoices")
+AUDIO_RPCS = ("Synthesize", "SynthesizeOnce")
 
 
 # An HTTP route beside /metrics: () -> (status line, content type, body).
@@ -159,6 +162,11 @@ class Metrics:
             self.queue_depth.labels(priority=priority).set(0)
         for reason in REJECT_REASONS:
             self.rejected_total.labels(reason=reason)
+        # A series born with its first observations hides them from rate(): start at 0.
+        for rpc in RPCS:
+            self.requests_total.labels(rpc=rpc, code="OK")
+        for rpc in AUDIO_RPCS:
+            self.time_to_first_audio_seconds.labels(rpc=rpc)
 
     def set_model_info(
         self, *, state: str, device: str, dtype: str, compiled: bool, version: str

@@ -17,7 +17,8 @@ of any call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
@@ -281,6 +282,17 @@ def _channel_credentials(
     return grpc.ssl_channel_credentials(root_certificates=root_certificates)
 
 
+def _channel_options(service_config: str | Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    """Channel options for a gRPC service config (JSON text or a dict), e.g. the shipped
+    deploy/grpc/service_config.json: round_robin over every address the target resolves to
+    and retries of UNAVAILABLE at stream start (a replica that is draining)."""
+    if service_config is None:
+        return []
+    text = service_config if isinstance(service_config, str) else json.dumps(service_config)
+    json.loads(text)  # fail here, not inside the channel, on malformed JSON
+    return [("grpc.service_config", text), ("grpc.enable_retries", 1)]
+
+
 class Stream(Iterator[Chunk]):
     """The chunks of one `Synthesize` call, in order; `summary` is set once it has ended."""
 
@@ -351,16 +363,18 @@ class _Base:
         tls: bool = False,
         root_certificates: bytes | None = None,
         timeout: float | None = None,
+        service_config: str | Mapping[str, Any] | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.last_summary: Summary | None = None
         creds = _channel_credentials(tls, root_certificates)
         grpc_mod: Any = grpc.aio if self._aio else grpc
+        options = _channel_options(service_config)
         if creds is None:
-            self._channel = grpc_mod.insecure_channel(address)
+            self._channel = grpc_mod.insecure_channel(address, options=options)
         else:
-            self._channel = grpc_mod.secure_channel(address, creds)
+            self._channel = grpc_mod.secure_channel(address, creds, options=options)
         self._stub = tts_pb2_grpc.TextToSpeechStub(self._channel)
 
     def _timeout(self, timeout: float | None) -> float | None:
@@ -371,6 +385,9 @@ class SupertonicClient(_Base):
     """Blocking client over one gRPC channel. Use as a context manager or call `close()`.
 
     `timeout` (seconds) is the default deadline of every call; each method can override it.
+    `service_config` (JSON text or a dict) sets load balancing and retries; `address` may
+    name several replicas, e.g. "dns:///tts-headless:50051" (every address the name
+    resolves to) or "ipv4:10.0.0.1:50051,10.0.0.2:50051".
     """
 
     def stream(

@@ -2,6 +2,10 @@
 //
 //	say -addr localhost:50051 -text "Hello there." -voice M1 -o hello.wav
 //
+// Several replicas: -addr a:50051,b:50051 (client-side balancing over the list) or
+// -addr dns:///tts-headless:50051 (every address a headless Service's name resolves to),
+// with -service-config deploy/grpc/service_config.json for round_robin and retries.
+//
 // Progress goes to stderr. On any failure it prints one line, "say: <error>", to stderr
 // and exits 1, so scripts and tests can rely on the shape of the output.
 package main
@@ -21,6 +25,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/supertonic-grpc/clients/go/supertonicv1"
@@ -57,6 +63,8 @@ type options struct {
 	steps          int
 	rate           int
 	seed           optionalUint64
+	serviceConfig  string
+	repeat         int
 	out            string
 	timeout        time.Duration
 	connectTimeout time.Duration
@@ -67,7 +75,11 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("say", flag.ContinueOnError)
 	// Usage goes to stderr in full only for -h; parse errors are reported as one line.
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&o.addr, "addr", "localhost:50051", "server address host:port")
+	fs.StringVar(&o.addr, "addr", "localhost:50051",
+		"server address host:port, a gRPC target (dns:///name:port), or host:port,host:port,...")
+	fs.StringVar(&o.serviceConfig, "service-config", "",
+		"gRPC service config JSON file (load balancing, retries), e.g. deploy/grpc/service_config.json")
+	fs.IntVar(&o.repeat, "repeat", 1, "send the request this many times over one connection; keep the last")
 	fs.StringVar(&o.text, "text", "", "text to speak (required)")
 	fs.StringVar(&o.voice, "voice", "", "voice name, e.g. M1 or F3 (empty: server default)")
 	fs.StringVar(&o.lang, "lang", "", "language code: en, ko, es, pt, fr (empty: en)")
@@ -91,6 +103,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if strings.TrimSpace(o.text) == "" {
 		return nil, errors.New("-text is required")
+	}
+	if o.repeat < 1 {
+		return nil, errors.New("-repeat must be at least 1")
 	}
 	if o.timeout <= 0 || o.connectTimeout <= 0 {
 		return nil, errors.New("-timeout and -connect-timeout must be positive")
@@ -268,13 +283,22 @@ func run(args []string) error {
 
 	// Non-blocking dial; MinConnectTimeout bounds one connection attempt so an address
 	// that drops packets fails within -connect-timeout rather than the whole -timeout.
-	conn, err := grpc.DialContext(ctx, o.addr,
+	dialOpts := []grpc.DialOption{
 		grpc.WithInsecure(),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.DefaultConfig,
 			MinConnectTimeout: o.connectTimeout,
 		}),
-	)
+	}
+	if o.serviceConfig != "" {
+		sc, err := os.ReadFile(o.serviceConfig)
+		if err != nil {
+			return err
+		}
+		dialOpts = append(dialOpts, grpc.WithDefaultServiceConfig(string(sc)))
+	}
+	target, dialOpts := resolveList(o.addr, dialOpts)
+	conn, err := grpc.DialContext(ctx, target, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", o.addr, err)
 	}
@@ -295,7 +319,14 @@ func run(args []string) error {
 		}
 	}()
 
-	res, err := synthesize(ctx, pb.NewTextToSpeechClient(conn), o, tmp)
+	client := pb.NewTextToSpeechClient(conn)
+	// Earlier repeats go to a scratch file; only the last one is kept.
+	for i := 1; i < o.repeat; i++ {
+		if err := synthesizeScratch(ctx, client, o, dir); err != nil {
+			return describe(err)
+		}
+	}
+	res, err := synthesize(ctx, client, o, tmp)
 	if err != nil {
 		return describe(err)
 	}
@@ -322,6 +353,35 @@ func run(args []string) error {
 		s.GetModelState())
 	fmt.Fprintf(os.Stderr, "wrote %s\n", o.out)
 	return nil
+}
+
+// resolveList turns "a:1,b:2" into a target of a resolver that knows both addresses (the
+// load-balancing policy of the service config then spreads calls over them); any other
+// address is dialled as it is.
+func resolveList(addr string, opts []grpc.DialOption) (string, []grpc.DialOption) {
+	if !strings.Contains(addr, ",") {
+		return addr, opts
+	}
+	var addrs []resolver.Address
+	for _, a := range strings.Split(addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, resolver.Address{Addr: a})
+		}
+	}
+	r := manual.NewBuilderWithScheme("say-list")
+	r.InitialState(resolver.State{Addresses: addrs})
+	return r.Scheme() + ":///replicas", append(opts, grpc.WithResolvers(r))
+}
+
+func synthesizeScratch(ctx context.Context, client pb.TextToSpeechClient, o *options, dir string) error {
+	f, err := os.CreateTemp(dir, ".say-repeat.*.part")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	_, err = synthesize(ctx, client, o, f)
+	return err
 }
 
 // describe turns a gRPC status into "Code: message" (e.g. "Unavailable: connection
