@@ -114,7 +114,7 @@ class Limits:
     first_piece_frames: int = 10  # ~0.7 s: the first audio of a request
     piece_frames: int = 120  # ~8.4 s: later pieces (fewer pieces: less vocoder context)
     max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
-    urgent_margin_s: float = 0.25
+    urgent_margin_s: float = 0.6  # covers the tick in flight and the loop's jitter
     high_burst_s: float = 0.75
 
 
@@ -295,8 +295,10 @@ class Policy:
         for r in ready:
             frames = min(self._piece_frames(r), r.flight.frames - r.flight.vocoded_frames)
             if not r.high and high_work and not self.limits.mix:
+                # Decoding a finished chunk early costs nothing overall, only a little of a
+                # newcomer's tick: do it well before its listener needs it.
                 slack = self.deadline(r.job, running) - now
-                if self.urgency(slack, self.cost.vocode_s(frames)) is not Urgency.URGENT:
+                if slack > 3 * self.cost.vocode_s(frames + 20) + 2 * self.limits.urgent_margin_s:
                     continue
             if out and not r.high and budget < frames:
                 continue
