@@ -1,11 +1,11 @@
 """The serving phase of `make bench`: the real server under saturating load, per batch size.
 
 For each batch size B the server is spawned (`--max-batch B --max-wait-ms 20`, no step budget
-below B chunks) and kept busy
-by 2B+2 clients, each sending one ~100-character chunk per request back to back, so a full
-batch is always queued while the previous one computes. Throughput is measured from the
-replies over a fixed window after a warm-up and set beside the engine's own throughput at
-the same batch size, measured in the same run: serving overhead is one ratio.
+below B chunks) and kept busy by 2B+2 clients, each sending one ~100-character chunk per
+request back to back, so B chunks are always ready to share each flow step. Throughput is
+measured from the replies over a fixed window after a warm-up and set beside the engine's
+own throughput at the same batch size, measured in the same run: serving overhead is one
+ratio.
 
 Also here: the optional onnxruntime CPU baseline (only where onnxruntime is importable).
 """
@@ -99,10 +99,10 @@ def group_batches(replies: Sequence[Reply]) -> list[_Batch]:
 def throughput(replies: Sequence[Reply], t0: float, t1: float) -> tuple[float | None, float, float]:
     """Audio seconds per wall second over [t0, t1]: (rtf, audio counted, span).
 
-    Completions come in bursts, one per batch; counting the audio that happens to land in a
-    fixed window would be off by up to one whole batch. Instead the estimate runs from the
-    first batch that finished in the window to the last one, and counts the audio of the
-    batches after the first: whole batches over the time they took, overhead included.
+    Counting the audio that happens to land in a fixed window would be off by up to one
+    request. Instead the estimate runs from the first completion in the window to the last
+    one, and counts the audio of the completions after the first: whole requests over the
+    time they took, overhead included.
     """
     done = [b for b in group_batches(replies) if t0 <= b.done <= t1]
     if len(done) < 2:
@@ -317,7 +317,7 @@ def render_serving(rows: Sequence[ServingRow], cfg: dict[str, Any]) -> list[str]
         f"--default-steps {cfg.get('steps')}`, eager; 2B+2 clients unless set, each sending "
         f"one ~100-character chunk per request back to back; {cfg.get('warmup_s'):g} s "
         f"warm-up, then {cfg.get('seconds'):g} s measured",
-        "- server RTF: audio of whole batches finished in the window / the wall time they "
+        "- server RTF: audio of whole requests finished in the window / the wall time they "
         "took; engine RTF: the eager engine table above (same run, same batch size)",
         "",
         "| B | clients | batches | engine RTF | server RTF | server / engine | "
