@@ -151,9 +151,13 @@ class Scheduler:
         return fut
 
     def queued(self) -> int:
-        """Chunks accepted and not yet finished: waiting or in the engine."""
+        """Chunks accepted and not yet finished, waiting or in the engine; a cancelled
+        request's running chunks no longer count (they leave at the next tick)."""
         with self._cond:
-            return len(self._high) + len(self._normal) + self._running_count
+            waiting = len(self._high) + len(self._normal)
+            admitting = self._running_count - len(self._running)  # taken, not yet admitted
+            live = sum(1 for r in list(self._running) if not r.ticket.cancelled)
+            return waiting + max(0, admitting) + live
 
     def queued_for(self, ticket: Ticket) -> int:
         with self._cond:
