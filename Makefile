@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Where the tests find the published reference data (never copied into this repo).
 export SUPERTONIC_REFERENCE_DIR ?= $(abspath ../shared/reference/supertonic-2)
 
-.PHONY: install dev-install go-tools ops-tools run test test-fast lint format proto proto-check go-stubs k8s-rules bench loadtest loadtest-smoke clean
+.PHONY: install dev-install go-tools ops-tools proto-tools client-venvs run test test-fast lint format proto proto-check go-stubs k8s-rules bench gpu-check loadtest loadtest-smoke clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,31 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The stub generator in its own venv: grpcio-tools 1.71 writes protobuf 5.29 gencode, which
+# runs on every protobuf runtime from 5.29 to 7.x (the server's 7.x and pipecat's <7 alike).
+PROTO_VENV := .venv-proto
+GRPCIO_TOOLS_VERSION := 1.71.2
+$(PROTO_VENV)/.installed-$(GRPCIO_TOOLS_VERSION):
+	test -x $(PROTO_VENV)/bin/python || $(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install -q "grpcio-tools==$(GRPCIO_TOOLS_VERSION)"
+	touch $@
+
+proto-tools: $(PROTO_VENV)/.installed-$(GRPCIO_TOOLS_VERSION)
+
+# The light client (clients/python) under the oldest and newest protobuf it supports, and
+# with each agent framework from PyPI (their pins clash with the server's), for the tests.
+CLIENT_VENVS := .venv-client-old .venv-client-new .venv-pipecat .venv-livekit
+CLIENT_SPEC_.venv-client-old := -e clients/python "protobuf==5.29.*" "grpcio==1.71.2" "numpy==1.26.*"
+CLIENT_SPEC_.venv-client-new := -e clients/python "protobuf>=7,<8" "grpcio>=1.71.2"
+CLIENT_SPEC_.venv-pipecat := -e "clients/python[pipecat]"
+CLIENT_SPEC_.venv-livekit := -e "clients/python[livekit]"
+$(addsuffix /.installed,$(CLIENT_VENVS)): %/.installed: clients/python/pyproject.toml
+	test -x $*/bin/python || $(PYTHON) -m venv $*
+	$*/bin/python -m pip install -q $(CLIENT_SPEC_$*) "pytest>=8"
+	touch $@
+
+client-venvs: $(addsuffix /.installed,$(CLIENT_VENVS))
 
 # Test tools from Debian: the Go toolchain with the gRPC/protobuf modules (the Go client
 # builds offline against them), and jq + sox for the README's grpcurl recipes.
@@ -46,7 +71,7 @@ ops-tools:
 run: install
 	$(PY) -m supertonic_grpc.cli serve $(ARGS)
 
-test: install go-tools ops-tools
+test: install go-tools ops-tools proto-tools client-venvs
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -62,12 +87,13 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# Regenerate the Python stubs into supertonic_grpc/_proto (the one generated package).
-proto: install
-	$(PY) -m supertonic_grpc._tools.gen_proto
+# Regenerate the Python stubs into clients/python/supertonic_client/_proto (the one
+# generated package; the server imports it from there).
+proto: proto-tools
+	$(PROTO_VENV)/bin/python -m supertonic_grpc._tools.gen_proto
 
-proto-check: install
-	$(PY) -m supertonic_grpc._tools.gen_proto --check
+proto-check: proto-tools
+	$(PROTO_VENV)/bin/python -m supertonic_grpc._tools.gen_proto --check
 	@if command -v protoc-gen-go >/dev/null; then cd clients/go && ./generate.sh --check; fi
 
 go-stubs: go-tools
@@ -77,8 +103,15 @@ go-stubs: go-tools
 k8s-rules: install
 	$(PY) deploy/k8s/gen_prometheusrule.py
 
+# The engine beside ONNX Runtime (same stages, exported once to .cache/onnx) and in bf16,
+# interleaved, then the serving-overhead phase. See docs/BENCHMARKS.md.
 bench: install
 	$(PY) -m supertonic_grpc.cli bench $(ARGS)
+
+# On a CUDA machine (a CUDA build of torch installed in the venv): GPU tests, engine bench in
+# fp32/bf16 with CUDA graphs, a 50/100/200-stream load test; figures in reports/gpu-check/.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check $(ARGS)
 
 loadtest: install
 	$(PY) -m loadtest $(ARGS)
@@ -87,4 +120,4 @@ loadtest-smoke: install
 	$(PY) -m loadtest --spawn --smoke $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache reports
+	rm -rf $(VENV) $(PROTO_VENV) $(CLIENT_VENVS) .pytest_cache .ruff_cache .mypy_cache reports

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from loadtest import heavy, listeners, prom
+from loadtest import agent, heavy, listeners, prom
 from loadtest.cli import fail, parse_args
 from loadtest.corpus import TextPicker, load_texts
 from loadtest.report import build_report, render_markdown, write_reports
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         format="loadtest: %(message)s",
         stream=sys.stderr,
     )
+    if args.mode == "agent":
+        return agent.main(args)
     try:
         report = asyncio.run(execute(args))
         if "heavy" in report:

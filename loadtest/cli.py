@@ -96,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="server's Prometheus endpoint ('' to skip); --spawn uses the spawned one",
     )  # fmt: skip
     load = p.add_argument_group("load")
-    load.add_argument("--mode", choices=("stream", "unary"), default="stream")
+    load.add_argument(
+        "--mode", choices=("stream", "unary", "agent"), default="stream",
+        help="agent: text in at --token-rate via StreamingSynthesize, vs T1 (loadtest/agent.py)",
+    )  # fmt: skip
+    load.add_argument("--token-rate", type=float, default=30.0, help="agent: tokens per second")
+    load.add_argument("--turns", type=int, default=6, help="agent: turns to measure")
+    load.add_argument(
+        "--early-clause", action="store_true", help="agent: speak the first clause early"
+    )
     load.add_argument(
         "--listeners", type=int_list, default=None, metavar="LEVELS",
         help="real-time listeners per level (1x playback, think time, staggered starts); "
@@ -197,6 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--speed must be 0 or 0.5..2.0, got {args.speed:g}",
         )
         _check(args.max_sentences >= 1, "--max-sentences must be >= 1")
+        _check(args.token_rate > 0, f"--token-rate must be > 0, got {args.token_rate:g}")
+        _check(args.turns >= 1, f"--turns must be >= 1, got {args.turns}")
         _check(args.gap_tolerance_ms >= 0, "--gap-tolerance-ms must be >= 0")
         unknown = sorted(set(args.languages) - set(LANGUAGES))
         _check(not unknown, f"no bundled texts for --languages {','.join(unknown)}")

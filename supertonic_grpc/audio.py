@@ -6,7 +6,6 @@ that a misbehaving model can never produce an undecodable payload.
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 import os
@@ -14,18 +13,11 @@ import struct
 
 import numpy as np
 
+# One enum for server and client: the wire encodings, named as in the proto.
+from supertonic_client.audio import Encoding
+
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
-
-
-class Encoding(enum.Enum):
-    """Wire encodings; names and values match the proto enum ``AudioEncoding``."""
-
-    LINEAR16 = 1  # int16 little-endian PCM
-    PCM_F32 = 2  # float32 little-endian PCM
-    MULAW = 3  # G.711 mu-law, 8 bit
-    ALAW = 4  # G.711 A-law, 8 bit
-    WAV = 5  # a whole RIFF/WAVE file of 16-bit PCM
 
 
 STREAMABLE: frozenset[Encoding] = frozenset(e for e in Encoding if e is not Encoding.WAV)

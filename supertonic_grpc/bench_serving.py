@@ -6,8 +6,6 @@ request back to back, so B chunks are always ready to share each flow step. Thro
 measured from the replies over a fixed window after a warm-up and set beside the engine's
 own throughput at the same batch size, measured in the same run: serving overhead is one
 ratio.
-
-Also here: the optional onnxruntime CPU baseline (only where onnxruntime is importable).
 """
 
 from __future__ import annotations
@@ -336,89 +334,3 @@ def render_serving(rows: Sequence[ServingRow], cfg: dict[str, Any]) -> list[str]
         if r.note:
             lines.append(f"- B={r.batch_size}: {r.note}")
     return lines
-
-
-# --- onnxruntime baseline -------------------------------------------------------------------
-
-_STAGES = ("_text_encoder", "_duration", "_step", "_vocoder")
-
-
-def onnxruntime_rtf(
-    engine: Any, workloads: dict[int, list[Any]], repeats: int, work_dir: Path
-) -> tuple[dict[int, float], str]:
-    """The same four networks exported to ONNX and run in onnxruntime on CPU: RTF per batch.
-
-    Returns ({}, reason) when onnxruntime is missing or the export fails. The engine's four
-    stage callables are swapped for onnxruntime sessions, so padding, masks, the step loop
-    and the per-item vocoder stay exactly the engine's.
-    """
-    try:
-        import onnxruntime as ort  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return {}, "onnxruntime not installed"
-    try:
-        import onnx  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
-    except ImportError:
-        # torch.onnx.export writes the model through the onnx package.
-        return {}, "onnx not installed (torch.onnx.export needs it)"
-    import torch
-
-    # Record one real call of each stage for the exporter's example inputs.
-    examples: dict[str, tuple[Any, ...]] = {}
-    originals = {name: getattr(engine, name) for name in _STAGES}
-
-    def recorder(name: str, fn: Any) -> Any:
-        def call(*args: Any) -> Any:
-            # Clones made outside inference mode are ordinary tensors the exporter can trace.
-            with torch.inference_mode(False):
-                examples.setdefault(name, tuple(a.clone() for a in args))
-            return fn(*args)
-
-        return call
-
-    for name, fn in originals.items():
-        setattr(engine, name, recorder(name, fn))
-    try:
-        engine.synthesize(workloads[max(workloads)])
-    finally:
-        for name, fn in originals.items():
-            setattr(engine, name, fn)
-
-    class _Session:
-        def __init__(self, path: Path) -> None:
-            self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            self.names = [i.name for i in self.sess.get_inputs()]  # unused inputs are pruned
-
-        def __call__(self, *args: Any) -> Any:
-            feed = {n: args[int(n[2:])].cpu().numpy() for n in self.names}
-            return torch.from_numpy(self.sess.run(None, feed)[0])
-
-    try:
-        for name, args in examples.items():
-            path = work_dir / f"{name.strip('_')}.onnx"
-            names = [f"in{i}" for i in range(len(args))]
-            # Every axis dynamic: batch, text and latent lengths all vary between calls.
-            axes = {
-                n: {d: f"{n}_{d}" for d in range(a.dim())} for n, a in zip(names, args, strict=True)
-            }
-            with torch.no_grad():
-                torch.onnx.export(
-                    originals[name], args, str(path), input_names=names, dynamic_axes=axes,
-                    dynamo=False,
-                )  # fmt: skip
-            setattr(engine, name, _Session(path))
-        rtf: dict[int, float] = {}
-        for n, items in workloads.items():
-            engine.synthesize(items)  # warm-up
-            walls, audio = [], 0.0
-            for _ in range(repeats):
-                start = time.perf_counter()
-                audio = sum(o.duration_s for o in engine.synthesize(items))
-                walls.append(time.perf_counter() - start)
-            rtf[n] = audio / statistics.median(walls)
-        return rtf, ""
-    except Exception as exc:  # any exporter or runtime failure is a finding, not a crash
-        return {}, f"onnxruntime baseline failed: {type(exc).__name__}: {str(exc)[:300]}"
-    finally:
-        for name, fn in originals.items():
-            setattr(engine, name, fn)

@@ -10,11 +10,12 @@ import argparse
 import io
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -163,13 +164,13 @@ class _WavWriter:
 
 
 def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
-    from supertonic_client.client import SupertonicClient, SupertonicError
+    from supertonic_client.client import SupertonicError
 
     options = _request_options(args)
     start = time.perf_counter()
     writer = None if out is not None else _WavWriter(args.output)
     try:
-        with SupertonicClient(args.server, timeout=args.timeout) as client:
+        with _connect(args) as client:
             stream = client.stream(args.text, **options)  # type: ignore[arg-type]
             for chunk in stream:
                 if out is not None:
@@ -220,10 +221,10 @@ def _table(rows: Iterable[tuple[str, str, str]]) -> str:
 def cmd_voices(args: argparse.Namespace) -> int:
     """Print the voices and the model state, of the local bundle or of `--server`."""
     if args.server:
-        from supertonic_client.client import SupertonicClient, SupertonicError
+        from supertonic_client.client import SupertonicError
 
         try:
-            with SupertonicClient(args.server, timeout=args.timeout) as client:
+            with _connect(args) as client:
                 listing = client.voices()
         except SupertonicError as exc:
             raise CommandError(f"server {args.server}: {exc}") from None
@@ -264,8 +265,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """The engine benchmark (see `supertonic_grpc.bench`)."""
-    from supertonic_grpc import bench
+    """The engine benchmark (see `benchmarks.engine_bench`, beside this package)."""
+    from benchmarks import engine_bench as bench
 
     return bench.main(args)
 
@@ -280,6 +281,38 @@ def _add_model_dir(p: argparse.ArgumentParser) -> None:
 def _add_server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default="", metavar="HOST:PORT", help="ask this server instead")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds (--server)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots)")
+    p.add_argument("--tls-ca", default="", metavar="PEM", help="CA that signed the server (TLS)")
+    p.add_argument("--tls-cert", default="", metavar="PEM", help="client certificate (mTLS)")
+    p.add_argument("--tls-key", default="", metavar="PEM", help="client private key (mTLS)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SUPERTONIC_API_KEY", ""),
+        help="bearer token for the server (default: $SUPERTONIC_API_KEY)",
+    )
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    """A `SupertonicClient` for `--server` with the TLS and API key flags."""
+    from supertonic_client.client import SupertonicClient
+
+    def read(path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes() if path else None
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror}") from None
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    return SupertonicClient(
+        args.server,
+        tls=args.tls or bool(args.tls_ca or args.tls_cert),
+        root_certificates=read(args.tls_ca),
+        certificate_chain=read(args.tls_cert),
+        private_key=read(args.tls_key),
+        api_key=args.api_key or None,
+        timeout=args.timeout,
+    )
 
 
 def _add_say(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -330,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--token", default=None, help="Hugging Face token (default: HF_TOKEN)")
     download.set_defaults(func=cmd_download)
 
-    from supertonic_grpc import bench
+    from benchmarks import engine_bench as bench
 
     bench_parser = sub.add_parser("bench", help="engine benchmark: real-time factor by batch")
     bench.add_arguments(bench_parser)

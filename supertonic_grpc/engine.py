@@ -22,6 +22,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from supertonic_grpc import backends
+from supertonic_grpc.backends.gpu import seeded_noise, split_on_oom, to_device, to_host
 from supertonic_grpc.model import Supertonic
 from supertonic_grpc.model.layers import CausalConv
 from supertonic_grpc.voices import Voice
@@ -158,7 +160,10 @@ class Engine:
         compile_mode: str = "default",
         length_multiple: int = 1,
         row_buckets: Sequence[int] | None = None,
+        length_buckets: Sequence[int] = (),
         demo_pacing: float | None = None,
+        precision: str = "fp32",
+        noise_on_device: bool | None = None,
     ) -> None:
         self.device = pick_device(device) if isinstance(device, str) else device
         if self.device.type == "cpu":
@@ -169,12 +174,25 @@ class Engine:
             raise ValueError("reduced precision is for GPUs; use float32 on CPU")
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval()
+        # Layouts, packed weights and precision: see supertonic_grpc.backends. The model is
+        # prepared in place, so it belongs to this engine from here on.
+        self.precision = backends.prepare(self.model, self.device, precision, compile)
+        # Starting noise from each item's generator on the device itself (default on CUDA);
+        # off, it is drawn on the CPU, as a CPU run draws it.
+        if noise_on_device is None:
+            noise_on_device = self.device.type == "cuda"
+        self.noise_device = self.device if noise_on_device else torch.device("cpu")
+        # Batches halved and retried after running out of device memory (a metric).
+        self.oom_splits = 0
+        self.on_oom_split: Callable[[], None] = lambda: None
         cfg = model.config
         self.sample_rate = cfg.sample_rate
         self.frame_samples = cfg.samples_per_frame
         self.latent_channels = cfg.latent_channels
         # Padding lengths to a multiple bounds how many shapes a compiled graph meets.
         self.length_multiple = max(1, length_multiple)
+        # Or to the smallest of a few fixed lengths (GPU + CUDA graphs: one graph per bucket).
+        self.length_buckets = tuple(sorted({min(int(n), MAX_POSITIONS) for n in length_buckets}))
         # Batch rows padded up to a bucket (masked rows, not gathered ones): with lengths
         # bucketed too, a compiled graph or CUDA graph meets a small fixed set of shapes.
         # On CPU a padded row costs as much as a real one, so the default is exact rows.
@@ -228,7 +246,7 @@ class Engine:
         Raises EngineError (the flights are then unchanged)."""
         active = [f for f in flights if not f.denoised]
         if active:
-            self._guard(len(active), lambda: self._step_batch(active))
+            self._guard(len(active), lambda: split_on_oom(self._step_batch, active, self._split))
 
     @torch.inference_mode()
     def vocode(self, pieces: Sequence[tuple[Flight, int]]) -> list[np.ndarray]:
@@ -241,7 +259,10 @@ class Engine:
                 raise ValueError(f"vocode: frames must be >= 1, got {frames}")
         if not pieces:
             return []
-        return self._guard(len(pieces), lambda: self._vocode_pieces(pieces))
+        out = self._guard(
+            len(pieces), lambda: split_on_oom(self._vocode_pieces, pieces, self._split)
+        )
+        return out or []
 
     @torch.inference_mode()
     def synthesize(self, items: Sequence[Utterance]) -> list[Synthesized]:
@@ -271,6 +292,14 @@ class Engine:
             torch.cuda.synchronize(self.device)
         return out
 
+    def _split(self) -> None:
+        self.oom_splits += 1
+        self.on_oom_split()
+
+    def _pad_length(self, n: int) -> int:
+        """Padded length for `n` positions: a length bucket, else a multiple."""
+        return next((b for b in self.length_buckets if b >= n), _round_up(n, self.length_multiple))
+
     def _rows(self, n: int) -> int:
         """Batch rows for `n` items: the smallest bucket that holds them, else exactly n."""
         return next((r for r in self.row_buckets if r >= n), n)
@@ -279,15 +308,17 @@ class Engine:
         dev, dt = self.device, self.dtype
         b = len(items)
         lengths = [len(u.token_ids) for u in items]
-        t_max = _round_up(max(lengths), self.length_multiple)
+        t_max = self._pad_length(max(lengths))
         ids = torch.zeros(b, t_max, dtype=torch.long)
         text_mask = torch.zeros(b, 1, t_max)
         for i, u in enumerate(items):
             ids[i, : lengths[i]] = torch.as_tensor(list(u.token_ids), dtype=torch.long)
             text_mask[i, :, : lengths[i]] = 1.0
-        ids, text_mask = ids.to(dev), text_mask.to(dev, dt)
-        style_ttl = torch.from_numpy(np.stack([u.voice.style_ttl for u in items])).to(dev, dt)
-        style_dp = torch.from_numpy(np.stack([u.voice.style_dp for u in items])).to(dev, dt)
+        ids, text_mask = to_device(ids, dev), to_device(text_mask, dev, dt)
+        style_ttl = to_device(
+            torch.from_numpy(np.stack([u.voice.style_ttl for u in items])), dev, dt
+        )
+        style_dp = to_device(torch.from_numpy(np.stack([u.voice.style_dp for u in items])), dev, dt)
         speed = torch.tensor([u.speed for u in items], device=dev, dtype=torch.float32)
 
         duration = self._duration(ids, style_dp, text_mask).float()
@@ -308,8 +339,7 @@ class Engine:
                 log.warning("chunk needs %d latent frames; clamped to %d", f, MAX_POSITIONS)
             frames = int(min(max(f, 1), MAX_POSITIONS))
             seconds = min(float(d), frames * self.frame_samples / self.sample_rate)
-            gen = torch.Generator().manual_seed(int(u.seed) & 0xFFFF_FFFF_FFFF_FFFF)
-            noise = torch.randn(1, self.latent_channels, frames, generator=gen)
+            noise = seeded_noise(u.seed, (1, self.latent_channels, frames), self.noise_device)
             flights.append(
                 Flight(
                     utterance=u,
@@ -327,8 +357,8 @@ class Engine:
         dev, dt = self.device, self.dtype
         n = len(flights)
         rows = self._rows(n)
-        t_max = _round_up(max(f.text_emb.shape[-1] for f in flights), self.length_multiple)
-        l_max = min(_round_up(max(f.frames for f in flights), self.length_multiple), MAX_POSITIONS)
+        t_max = self._pad_length(max(f.text_emb.shape[-1] for f in flights))
+        l_max = min(self._pad_length(max(f.frames for f in flights)), MAX_POSITIONS)
         first = flights[0]
         x = torch.zeros(rows, self.latent_channels, l_max, device=dev, dtype=dt)
         text_emb = torch.zeros(rows, first.text_emb.shape[1], t_max, device=dev, dtype=dt)
@@ -369,7 +399,7 @@ class Engine:
             wavs = [self._vocoder(f.latent[:, :, lo:end])[0] for f, lo, _, end in windows]
         else:
             # Right padding never reaches earlier samples of a causal decoder.
-            width = _round_up(max(end - lo for _, lo, _, end in windows), self.length_multiple)
+            width = self._pad_length(max(end - lo for _, lo, _, end in windows))
             batch = torch.zeros(
                 self._rows(len(windows)), self.latent_channels, width, device=self.device,
                 dtype=self.dtype,
@@ -377,15 +407,16 @@ class Engine:
             for i, (f, lo, _, end) in enumerate(windows):
                 batch[i, :, : end - lo] = f.latent[0, :, lo:end]
             wavs = list(self._vocoder(batch))
-        out = []
+        pieces_out = []
         for w, (f, lo, start, end) in zip(wavs, windows, strict=False):
             first = (start - lo) * self.frame_samples
             stop = min(f.samples, end * self.frame_samples) - lo * self.frame_samples
-            piece = np.ascontiguousarray(w[first : max(first, stop)].float().cpu().numpy())
+            pieces_out.append(w[first : max(first, stop)])
+        out = to_host(pieces_out)  # one device-to-host copy for the whole batch
+        for i, (f, _, start, end) in enumerate(windows):
             if start == 0 and f.lead_samples:
-                piece = np.concatenate([np.zeros(f.lead_samples, np.float32), piece])
+                out[i] = np.concatenate([np.zeros(f.lead_samples, np.float32), out[i]])
             f.vocoded_frames = end
-            out.append(piece)
         return out
 
     def warmup(

@@ -8,20 +8,20 @@ Each :class:`Metrics` owns its registry so that several servers can share one te
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from wsgiref.simple_server import WSGIServer, make_server
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
     generate_latest,
-    make_wsgi_app,
 )
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
+from supertonic_grpc.metrics_http import Route, serve_http
 from supertonic_grpc.playback import PlaybackClock
 
 __all__ = ["PRIORITIES", "REJECT_REASONS", "Metrics", "PlaybackClock"]
@@ -46,10 +46,6 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # The service's RPCs, and those that observe time to first audio.
 RPCS = ("Synthesize", "SynthesizeOnce", "ListVoices")
 AUDIO_RPCS = ("Synthesize", "SynthesizeOnce")
-
-
-# An HTTP route beside /metrics: () -> (status line, content type, body).
-Route = Callable[[], tuple[str, str, bytes]]
 
 
 class Metrics:
@@ -126,6 +122,19 @@ class Metrics:
             "Streams ended because the client read nothing for the write-stall timeout.",
             registry=reg,
         )
+        self.sentence_to_audio_seconds = Histogram(
+            name("sentence_to_audio_seconds"),
+            "StreamingSynthesize: from the text that completes a sentence (or a flush, a stall,"
+            " the end of input) to that text's first audio sent.",
+            ["trigger"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.barge_in_total = Counter(
+            name("barge_in_total"),
+            "StreamingSynthesize calls cancelled by the client (barge-in) before they ended.",
+            registry=reg,
+        )
         self.underruns_total = Counter(
             name("underruns_total"),
             "Chunks sent after the listener would have run out of audio.",
@@ -153,6 +162,11 @@ class Metrics:
             name("device_memory_bytes"),
             "Accelerator memory in use (allocated, reserved).",
             ["kind"],
+            registry=reg,
+        )
+        self.oom_splits_total = Counter(
+            name("oom_splits"),
+            "Batches halved and retried after the device ran out of memory.",
             registry=reg,
         )
         # Known label values start at zero, so dashboards see 0 rather than "no data".
@@ -194,27 +208,19 @@ class Metrics:
         return generate_latest(self.registry)
 
     def start_http_server(
-        self, port: int, addr: str = "0.0.0.0", routes: dict[str, Route] | None = None
+        self,
+        port: int,
+        addr: str = "0.0.0.0",
+        routes: dict[str, Route] | None = None,
+        **options: Any,
     ) -> tuple[WSGIServer, threading.Thread]:
-        """Serve ``/metrics`` from this registry (plus any extra `routes`) on a daemon thread.
-
-        A route maps a path to a function returning ``(status, content_type, body)``, e.g.
-        the server's ``/healthz`` and ``/readyz`` probes. ``port`` 0 picks a free port: read
-        it from ``server.server_port``. Stop with ``server.shutdown(); server.server_close();
-        thread.join()``.
+        """Serve ``/metrics`` from this registry (plus any extra `routes`, e.g. the server's
+        ``/healthz`` and ``/readyz`` probes) on a daemon thread; see
+        :func:`metrics_http.serve_http` for the bounds and the `options` (TLS, API keys).
+        ``port`` 0 picks a free port: read it from ``server.server_port``.
         """
-        metrics_app = make_wsgi_app(self.registry)
-        extra = dict(routes or {})
 
-        def app(environ: dict, start_response: Callable) -> Iterable[bytes]:  # type: ignore[type-arg]
-            route = extra.get(environ.get("PATH_INFO", "/"))
-            if route is None:
-                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
-            status, content_type, body = route()
-            start_response(status, [("Content-Type", content_type)])
-            return [body]
+        def metrics_page() -> tuple[str, str, bytes]:
+            return "200 OK", CONTENT_TYPE_LATEST, self.render()
 
-        httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
-        thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-        thread.start()
-        return httpd, thread
+        return serve_http(addr, port, {"/metrics": metrics_page, **(routes or {})}, **options)

@@ -47,6 +47,13 @@ class PlaybackClock:
             self.underrun_seconds += gap
         return gap
 
+    def idle_until(self, now: float) -> None:
+        """The stream had nothing more to say until ``now`` (streamed text whose next
+        sentence came after the audio ran out): that silence is not an underrun, and the
+        next chunk is due from ``now``."""
+        if self.end_time is not None and self.end_time < now:
+            self.end_time = now
+
     def deadline(self, now: float) -> float:
         """When the listener runs out of audio: the time the next chunk is due.
 

@@ -140,6 +140,12 @@ class Rpcs:
         self.gate = gate  # raises RequestError while the server takes no work
         self.active = 0  # slot-taking RPCs in progress
         self._per_peer: Tally[str] = Tally()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no slot-taking RPC is in progress (for a graceful drain)."""
+        await self._idle.wait()
 
     # --- public entry points ---------------------------------------------------------
 
@@ -228,6 +234,7 @@ class Rpcs:
             )
         self.active += 1
         self._per_peer[peer] += 1
+        self._idle.clear()
         return peer
 
     def _free_slot(self, peer: str) -> None:
@@ -235,6 +242,8 @@ class Rpcs:
         self._per_peer[peer] -= 1
         if self._per_peer[peer] <= 0:
             del self._per_peer[peer]
+        if self.active == 0:
+            self._idle.set()
 
     async def _run(
         self, call: Call, body: Callable[[], Awaitable[Reply]], *, slot: bool, streaming: bool

@@ -4,8 +4,11 @@ reflection and a Prometheus endpoint; SIGTERM/SIGINT drain in-flight streams, th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -13,14 +16,16 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from supertonic_grpc import rpc
+from supertonic_grpc import rpc, security
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2
+from supertonic_grpc.backends import gpu, parse_precision
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, pick_device
 from supertonic_grpc.metrics import Metrics
-from supertonic_grpc.scheduler import Scheduler
+from supertonic_grpc.scheduler import Scheduler, SchedulerStopped
 from supertonic_grpc.service import ModelInfo, TextToSpeechService
-from supertonic_grpc.settings import Settings
+from supertonic_grpc.settings import Settings, SettingsError
+from supertonic_grpc.voices import UnknownVoiceError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # Shapes the warm-up runs through, so compiled graphs exist before the first listener.
 WARMUP_BATCHES = (1, 2, 4, 8)
 WARMUP_TEXT_LENGTHS = (32, 128, 320)
+DEVICE_PROBE_S = 10.0  # how often the watchdog checks a CUDA device
+DEVICE_PROBE_TIMEOUT_S = 120.0  # behind the longest batch
 
 
 @dataclass
@@ -45,30 +52,59 @@ class RunningServer:
     bundle: ModelBundle
     _http: object | None = field(default=None, repr=False)
     _warmup: asyncio.Task[None] | None = field(default=None, repr=False)
-    _gauges: asyncio.Task[None] | None = field(default=None, repr=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+    failed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def wait_ready(self) -> None:
         if self._warmup is not None:
             await self._warmup
 
+    async def fail(self, reason: str) -> None:
+        """The server can no longer serve: `/healthz` fails and `serve` exits non-zero."""
+        if self.service.fatal is None:
+            log.error("FATAL: %s", reason)
+            self.service.fatal = reason
+            self.metrics.model_warm.set(0)
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.failed.set()
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
     async def stop(self, grace: float) -> None:
-        """Drain: NOT_SERVING, refuse new requests, finish in-flight ones within `grace`."""
+        """Drain: NOT_SERVING, refuse new work, let in-flight requests finish within `grace`.
+
+        The port stays open meanwhile, so health checks answer NOT_SERVING (not UNAVAILABLE)
+        until the last request ends or the grace runs out.
+        """
         self.service.draining = True
-        if self._gauges is not None:
-            self._gauges.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.service.rpcs.wait_idle(), grace)
+        await self.close(max(0.0, deadline - loop.time()))
+
+    async def close(self, grace: float = 0.0, scheduler_timeout_s: float = 10.0) -> None:
+        """Close the port (cancelling what is left after `grace`) and stop the threads."""
+        self.service.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await asyncio.to_thread(self.scheduler.stop)
+        await asyncio.to_thread(self.scheduler.stop, scheduler_timeout_s)
         if self._http is not None:
             http_server, thread = self._http  # type: ignore[misc]
             http_server.shutdown()
             http_server.server_close()
             thread.join(5)
+            self._http = None
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments that bound what one connection can hold."""
-    return [
+    options = [
         # A little over the reply limit: `Rpcs` refuses bigger replies with a clear message.
         ("grpc.max_send_message_length", settings.max_reply_bytes + 64 * 1024),
         ("grpc.max_receive_message_length", 1024 * 1024),
@@ -80,18 +116,26 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_ping_strikes", 3),
         # Connections are recycled, so no client pins one forever (and load rebalances).
-        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
-        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams_per_connection),
     ]
+    if settings.max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+        grace_ms = int(settings.max_connection_age_grace_s * 1000)
+        options.append(("grpc.max_connection_age_grace_ms", grace_ms))
+    if settings.max_connection_idle_s > 0:
+        options.append(("grpc.max_connection_idle_ms", int(settings.max_connection_idle_s * 1000)))
+    return options
 
 
 def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
-    """The engine for these settings (device, dtype, compile, demo pacing)."""
+    """The engine for these settings (device, dtype, precision, compile, demo pacing)."""
     device = pick_device(settings.device)
     if settings.dtype not in _DTYPES:
         raise ValueError(f"--dtype: {settings.dtype!r} is not one of {', '.join(_DTYPES)}")
+    try:
+        precision = parse_precision(settings.precision)
+    except ValueError as exc:
+        raise ValueError(f"--precision: {exc}") from None
     return Engine(
         bundle.model,
         device=device,
@@ -99,13 +143,22 @@ def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
         compile=settings.compile,
         compile_mode=settings.compile_mode,
         length_multiple=16 if settings.compile else 1,
+        # CUDA graphs: a small fixed set of lengths, all recorded before SERVING.
+        length_buckets=gpu.GPU_LENGTH_BUCKETS if settings.compile and device.type == "cuda" else (),
         demo_pacing=DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
+        precision=precision,
     )
 
 
 async def start_server(settings: Settings, bundle: ModelBundle | None = None) -> RunningServer:
     """Start serving (health NOT_SERVING) and warm up in the background (then SERVING)."""
+    settings.validate()
     bundle = bundle or load_bundle(settings.model_dir or None)
+    try:
+        bundle.voices.get(settings.default_voice)
+    except UnknownVoiceError as exc:
+        raise SettingsError(f"--default-voice: {exc}") from None
+    api_keys = security.load_api_keys(settings)
     engine = build_engine(bundle, settings)
     metrics = Metrics()
     metrics.set_model_info(
@@ -115,6 +168,7 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
         compiled=settings.compile,
         version=bundle.config.version,
     )
+    engine.on_oom_split = metrics.oom_splits_total.inc
     scheduler = Scheduler(
         engine,
         max_batch=settings.resolved_max_batch(engine.device.type),
@@ -133,7 +187,14 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
         metrics=metrics,
         model=ModelInfo(bundle.state, bundle.config.version, bundle.config.sample_rate),
     )
-    server = grpc.aio.server(options=grpc_options(settings))
+    interceptors = []
+    if api_keys:
+        interceptors.append(
+            security.ApiKeyInterceptor(
+                security.Authorizer(api_keys), on_refused=_count_refusal(metrics)
+            )
+        )
+    server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     rpc.add_servicer(service, tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"], server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -142,7 +203,13 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = security.server_credentials(settings)
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
     await server.start()
@@ -151,21 +218,28 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
     if settings.metrics_port >= 0:
         http = metrics.start_http_server(
             settings.metrics_port,
-            settings.host,
+            settings.metrics_host or settings.host,
             routes={"/healthz": service.liveness, "/readyz": service.readiness},
+            ssl_context=security.http_ssl_context(settings),
+            authorized=security.Authorizer(api_keys) if api_keys else None,
         )
         metrics_port = http[0].server_port
     running = RunningServer(
         server, port, metrics_port, service, scheduler, health_servicer, metrics, bundle, http
     )
     running._warmup = asyncio.create_task(_warm_up(running, engine, settings))
+    running._tasks.append(asyncio.create_task(_watchdog(running, engine.device)))
     if engine.device.type == "cuda":
-        running._gauges = asyncio.create_task(_watch_device_memory(metrics, engine.device))
+        running._tasks.append(asyncio.create_task(_watch_device_memory(metrics, engine.device)))
     mode = "DEMO (pseudo weights: audio is noise)" if bundle.is_demo else "real weights"
     log.info(
-        "listening on %s:%d, metrics on :%s, model %s %s on %s",
+        "listening on %s:%d%s%s, metrics on :%s, model %s %s on %s",
         settings.host,
         port,
+        " with TLS" + (" (client certificates required)" if settings.tls_client_ca else "")
+        if credentials is not None
+        else "",
+        f", {len(api_keys)} API key(s)" if api_keys else "",
         metrics_port,
         bundle.config.version,
         mode,
@@ -175,23 +249,59 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
 
 
 async def _warm_up(running: RunningServer, engine: Engine, settings: Settings) -> None:
-    voice = running.bundle.voices.get("")
-    if settings.warmup:
-        max_batch = running.scheduler.max_batch
-        sizes = (
-            sorted({b for b in WARMUP_BATCHES if b <= max_batch} | {max_batch})
-            if settings.compile
-            else (1,)
-        )
-        lengths = WARMUP_TEXT_LENGTHS if settings.compile else (32,)
-        fut = running.scheduler.call(lambda _: engine.warmup(sizes, lengths, voice=voice))
-        seconds = await asyncio.wrap_future(fut)
-        log.info("warm-up done in %.1f s (batches %s, text lengths %s)", seconds, sizes, lengths)
+    try:
+        voice = running.bundle.voices.get(settings.default_voice)
+        if settings.warmup:
+            max_batch = running.scheduler.max_batch
+            sizes = (
+                sorted({b for b in WARMUP_BATCHES if b <= max_batch} | {max_batch})
+                if settings.compile
+                else (1,)
+            )
+            lengths = WARMUP_TEXT_LENGTHS if settings.compile else (32,)
+            fut = running.scheduler.call(lambda _: engine.warmup(sizes, lengths, voice=voice))
+            seconds = await asyncio.wrap_future(fut)
+            log.info("warm-up done in %.1f s (batches %s, lengths %s)", seconds, sizes, lengths)
+            if settings.compile and engine.device.type == "cuda":
+                fut = running.scheduler.call(lambda _: gpu.warm_up_engine(engine, max_batch))
+                log.info("recorded %d bucketed shapes", await asyncio.wrap_future(fut))
+    except Exception as exc:
+        await running.fail(f"warm-up failed: {type(exc).__name__}: {exc}")
+        return
     running.service.ready = True
     running.metrics.model_warm.set(1)
-    for name in ("", SERVICE_NAME):
-        await running.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await running._set_health(health_pb2.HealthCheckResponse.SERVING)
     log.info("SERVING")
+
+
+async def _watchdog(running: RunningServer, device: torch.device, every_s: float = 1.0) -> None:
+    """Fail the server when its scheduler thread died or (CUDA) the device is broken: a
+    sticky CUDA error fails every later call, so a restart is the only cure."""
+    probe_every = max(1, round(DEVICE_PROBE_S / every_s))
+    for tick in itertools.count(1):
+        await asyncio.sleep(every_s)
+        if not running.scheduler.alive:
+            await running.fail("the scheduler thread died")
+            return
+        if device.type == "cuda" and running.service.ready and tick % probe_every == 0:
+            try:
+                fut = running.scheduler.call(lambda _: torch.cuda.synchronize(device))
+                await asyncio.wait_for(asyncio.wrap_future(fut), DEVICE_PROBE_TIMEOUT_S)
+            except SchedulerStopped:
+                return
+            except Exception as exc:
+                await running.fail(f"device {device} is broken: {type(exc).__name__}: {exc}")
+                return
+
+
+def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
+    prefix = f"/{SERVICE_NAME}/"
+
+    def count(method: str) -> None:
+        if method.startswith(prefix):
+            metrics.requests_total.labels(method.removeprefix(prefix), "UNAUTHENTICATED").inc()
+
+    return count
 
 
 async def _watch_device_memory(metrics: Metrics, device: torch.device) -> None:
@@ -202,24 +312,51 @@ async def _watch_device_memory(metrics: Metrics, device: torch.device) -> None:
 
 
 async def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT, then drain and return the exit code."""
+    """Run until SIGTERM/SIGINT, then drain and return the exit code: 0 after a drain, 1 when
+    the server failed (warm-up, scheduler thread, device) or a second signal cut the drain."""
     running = await start_server(settings)
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, on_signal)
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(running.failed.wait())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    if running.failed.is_set():
+        stopped.cancel()
+        await running.close(grace=1.0, scheduler_timeout_s=1.0)
+        log.error("exiting: %s", running.service.fatal)
+        return 1
+    failed.cancel()
     log.info("draining: finishing in-flight streams for up to %.0f s", settings.grace_s)
-    await running.stop(settings.grace_s)
+    drain = asyncio.create_task(running.stop(settings.grace_s))
+    forced = asyncio.create_task(force.wait())
+    await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+    if not drain.done():
+        log.warning("second signal: cancelling in-flight streams and exiting now")
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        await running.close(grace=0.0, scheduler_timeout_s=1.0)
+        return 1
+    forced.cancel()
     log.info("stopped")
     return 0
 
 
 def run(settings: Settings) -> int:
-    """Entry point of `supertonic-grpc serve`."""
+    """Entry point of `supertonic-grpc serve`; a bad setting is one error line, exit 2."""
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     torch.set_grad_enabled(False)
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except SettingsError as exc:
+        log.error("bad setting: %s", exc)
+        return 2

@@ -27,8 +27,10 @@ from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.rpc import Call, Limits, Rpcs
 from supertonic_grpc.scheduler import JobResult, Scheduler, SchedulerStopped
 from supertonic_grpc.settings import Settings
+from supertonic_grpc.streaming_service import streaming_synthesize
 from supertonic_grpc.streams import ChunkStream
-from supertonic_grpc.text import LANGUAGES, Tokenizer
+from supertonic_grpc.text import LANGUAGES, TextChunk, Tokenizer
+from supertonic_grpc.text.timings import word_timings
 from supertonic_grpc.validation import (
     NATIVE_RATE,
     Plan,
@@ -62,6 +64,20 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
+def _word_timings(c: TextChunk, duration_s: float, offset: float) -> list[tts_pb2.WordTiming]:
+    """Estimated word timings of one chunk, in the stream's offsets and audio timeline."""
+    return [
+        tts_pb2.WordTiming(
+            word=w.word,
+            text_start=w.start,
+            text_end=w.end,
+            start_seconds=w.start_s,
+            end_seconds=w.end_s,
+        )
+        for w in word_timings(c.text, duration_s, offset=c.start, start_s=offset)
+    ]
+
+
 class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
     """Thin servicer: protobuf in, scheduler jobs, protobuf out."""
 
@@ -83,6 +99,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         self.model = model
         self.ready = False  # set once warm-up has finished
         self.draining = False
+        self.fatal: str | None = None  # why the server can no longer serve
         self.rpcs = Rpcs(
             metrics,
             Limits(
@@ -109,6 +126,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             "status": "SERVING" if ready else "NOT_SERVING",
             "warming_up": not self.ready,
             "draining": self.draining,
+            "fatal": self.fatal,
             "model_state": self.model.state,
             "model_version": self.model.version,
             "active_requests": self.active,
@@ -116,8 +134,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         }
 
     def liveness(self) -> tuple[str, str, bytes]:
-        """`/healthz`: 200 while the process and its scheduler thread are alive."""
-        alive = self.scheduler.running or self.draining
+        """`/healthz`: 200 while the process and its scheduler thread are alive and nothing
+        fatal (a failed warm-up, a broken device) happened."""
+        alive = self.fatal is None and (self.scheduler.alive or self.draining)
         return (
             "200 OK" if alive else "503 Service Unavailable",
             "application/json",
@@ -141,6 +160,8 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         if self.draining:
             self.metrics.rejected_total.labels("draining").inc()
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.fatal is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server failed; retry on another one")
         if not self.ready:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is warming up; retry soon")
 
@@ -182,6 +203,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                 compute_seconds=result.compute_s,
                 batch_size=result.batch_size,
             ),
+            words=_word_timings(c, result.synthesized.duration_s, offset)
+            if plan.word_timings
+            else (),
         )
 
     def _summary(
@@ -357,6 +381,18 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             sample_rate_hz=plan.sample_rate,
             chunks=chunks,
             summary=summary,
+        )
+
+    async def StreamingSynthesize(
+        self,
+        request_iterator: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await self.rpcs.stream(
+            "StreamingSynthesize",
+            request_iterator,
+            context,
+            lambda requests, call: streaming_synthesize(self, requests, call),
         )
 
     async def ListVoices(

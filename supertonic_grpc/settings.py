@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "SUPERTONIC_"
+# Replies up to this size are allowed when configured; the clients' receive limit matches.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -30,6 +32,13 @@ class Settings:
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     dtype: str = field(default="float32", metadata={"help": "float32, or bfloat16/float16 on GPU"})
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "fp32, bf16 (CPU with AVX512-BF16/AMX, GPU) or int8 (CPU): the ConvNeXt "
+            "MLPs' arithmetic; time embedding, rotary positions, Euler update and masks stay fp32"
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     compile_mode: str = field(
         default="default",
@@ -58,13 +67,13 @@ class Settings:
         default=20.0, metadata={"help": "close a connection whose ping goes unanswered this long"}
     )
     max_connection_age_s: float = field(
-        default=3600.0, metadata={"help": "close connections older than this (after the grace)"}
+        default=3600.0, metadata={"help": "close connections older than this (0: never)"}
     )
     max_connection_age_grace_s: float = field(
         default=600.0, metadata={"help": "time streams get to end on a connection being closed"}
     )
     max_connection_idle_s: float = field(
-        default=900.0, metadata={"help": "close connections idle for this long"}
+        default=900.0, metadata={"help": "close connections idle for this long (0: never)"}
     )
     max_concurrent_streams_per_connection: int = field(
         default=100, metadata={"help": "HTTP/2 streams one connection may open at once"}
@@ -88,11 +97,79 @@ class Settings:
     lookahead_chunks: int = field(
         default=2, metadata={"help": "chunks of one stream queued or computing at once"}
     )
+    stream_idle_s: float = field(
+        default=30.0,
+        metadata={"help": "StreamingSynthesize: end a call with no request and no audio this long"},
+    )
+    stream_buffer_delay_ms: int = field(
+        default=800,
+        metadata={"help": "StreamingSynthesize: speak stalled text after this (0 < ms <= 10000)"},
+    )
     default_voice: str = field(default="M1", metadata={"help": "voice when a request names none"})
     default_steps: int = field(default=5, metadata={"help": "flow steps when a request has 0"})
     warmup: bool = field(default=True, metadata={"help": "run warm-up batches before SERVING"})
     grace_s: float = field(default=10.0, metadata={"help": "drain time on SIGTERM"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+    metrics_host: str = field(
+        default="", metadata={"help": "metrics address (default: --host; 127.0.0.1 keeps it local)"}
+    )
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str = field(
+        default="", metadata={"help": "PEM CA bundle: require client certificates (mTLS)"}
+    )
+    api_keys_file: str = field(
+        default="", metadata={"help": "file of API keys, one per line: require a bearer token"}
+    )
+    api_keys: str = field(
+        default="",
+        metadata={"help": "comma-separated API keys (set it in the environment, not as a flag)"},
+    )
+
+    def validate(self) -> None:
+        """Raise `SettingsError` naming the first bad setting (the model-dependent ones, such
+        as `default_voice`, are checked once the model is loaded)."""
+        ranges: dict[str, tuple[float, float]] = {
+            "port": (0, 65535),
+            "metrics_port": (-1, 65535),
+            "max_streams": (1, 1_000_000),
+            "max_queue": (1, 10_000_000),
+            "max_text_chars": (1, 1_000_000),
+            "lookahead_chunks": (1, 1000),
+            "default_steps": (1, 100),
+            "chunk_growth": (1.0, 100.0),
+            "write_timeout_s": (0.001, 3600),
+            "max_reply_bytes": (64 * 1024, MAX_REPLY_BYTES),
+            "keepalive_s": (1, 86400),
+            "keepalive_timeout_s": (1, 86400),
+            "max_concurrent_streams_per_connection": (1, 1_000_000),
+        }
+        non_negative = (
+            "max_batch", "max_batch_tokens", "max_wait_ms", "max_streams_per_peer", "grace_s",
+            "max_connection_age_s",
+            "max_connection_age_grace_s", "max_connection_idle_s",
+        )  # fmt: skip
+        ranges.update({name: (0, float("inf")) for name in non_negative})
+        for name, (lo, hi) in ranges.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise SettingsError(f"--{_flag(name)}: {value} is outside [{lo:g}, {hi:g}]")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("--tls-cert and --tls-key: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("--tls-client-ca: needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise SettingsError(f"--{_flag(name)}: no such file: {path}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"--log-level: {self.log_level!r} is not a log level")
+        from supertonic_grpc.backends.precision import parse_precision
+
+        try:
+            parse_precision(self.precision)
+        except ValueError as exc:
+            raise SettingsError(f"--precision: {exc}") from None
 
     def resolved_max_batch(self, device_type: str) -> int:
         """`max_batch`, or the device's default when 0."""
@@ -110,6 +187,14 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message names the flag."""
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def _parse_bool(text: str) -> bool:
@@ -157,7 +242,9 @@ def load_settings(
         flag_value = getattr(args, f.name, None) if args is not None else None
         if flag_value is not None:
             values[f.name] = flag_value
-    return Settings(**values)
+    settings = Settings(**values)
+    settings.validate()
+    return settings
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:

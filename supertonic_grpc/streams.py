@@ -12,8 +12,9 @@ a piece is released as soon as it is taken, so a stream never accumulates its au
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.scheduler import Job, JobResult, Priority, Scheduler, Ticket
@@ -61,6 +62,11 @@ class ChunkStream:
     @property
     def submitted(self) -> int:
         return len(self._queues) if self.stream_pieces else len(self.futures)
+
+    def extend(self, chunks: Sequence[PlannedChunk]) -> None:
+        """Append chunks planned after the stream started (StreamingSynthesize's text)."""
+        self.plan = dataclasses.replace(self.plan, chunks=(*self.plan.chunks, *chunks))
+        self.estimates += [estimate_seconds(c, self.plan.language) for c in chunks]
 
     def submit_next(self, clock: PlaybackClock | None) -> None:
         """Queue the next chunk; its deadline is when its listener would run out of audio."""

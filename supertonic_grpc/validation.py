@@ -79,6 +79,36 @@ class Plan:
     seed: int
     encoding: audio.Encoding
     sample_rate: int
+    word_timings: bool = False
+
+
+@dataclass(frozen=True)
+class Voicing:
+    """Everything of a validated request but its text: how to speak, and in what format."""
+
+    voice: Voice
+    language: str
+    speed: float
+    steps: int
+    seed: int
+    encoding: audio.Encoding
+    sample_rate: int
+    max_chunk_chars: int
+    first_chunk_chars: int
+    word_timings: bool
+
+    def plan(self, chunks: tuple[PlannedChunk, ...]) -> Plan:
+        return Plan(
+            chunks,
+            self.voice,
+            self.language,
+            self.speed,
+            self.steps,
+            self.seed,
+            self.encoding,
+            self.sample_rate,
+            self.word_timings,
+        )
 
 
 def proto_encoding(encoding: audio.Encoding) -> int:
@@ -154,6 +184,91 @@ def _chunk_limits(req: tts_pb2.SynthesizeRequest, settings: Settings) -> tuple[i
     return max_chars, first
 
 
+def plan_voicing(
+    req: tts_pb2.SynthesizeRequest,
+    *,
+    settings: Settings,
+    voices: VoiceBank,
+    streaming: bool,
+    prefix: str = "",
+) -> Voicing:
+    """Validate every field but the text. ``prefix`` goes before field names in errors
+    (``"config."`` for StreamingSynthesize, whose config carries these fields)."""
+    try:
+        try:
+            voice = voices.get(req.voice or settings.default_voice)
+        except UnknownVoiceError as exc:
+            raise invalid("voice", str(exc)) from None
+        language = req.language.strip().lower() or "en"
+        if language not in LANGUAGES:
+            raise invalid(
+                "language",
+                f"{req.language!r} is not supported; use one of " + ", ".join(LANGUAGES),
+            )
+        speed = DEFAULT_SPEED if req.speed == 0 else float(req.speed)
+        if not (math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
+            raise invalid("speed", f"{req.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
+        steps = req.steps or settings.default_steps
+        _check_range("steps", steps, (MIN_STEPS, MAX_STEPS))
+        encoding, rate = _output_format(req, streaming)
+        max_chars, first_chars = _chunk_limits(req, settings)
+        # A chunk's latent must fit the model's frames, or its audio would be squeezed or
+        # cut: slow speech gets smaller chunks (split further, never refused).
+        fit = fitting_chunk_chars(language, speed)
+        max_chars, first_chars = min(max_chars, fit), min(first_chars, fit)
+    except RequestError as err:
+        raise RequestError(err.code, prefix + err.message) from None
+    seed = req.seed if req.HasField("seed") else secrets.randbits(63)
+    return Voicing(
+        voice,
+        language,
+        speed,
+        steps,
+        seed,
+        encoding,
+        rate,
+        max_chars,
+        first_chars,
+        req.enable_word_timings,
+    )
+
+
+def plan_chunks(
+    text: str,
+    voicing: Voicing,
+    *,
+    settings: Settings,
+    tokenizer: Tokenizer,
+    first_chunk_chars: int | None = None,
+    offset: int = 0,
+    first_index: int = 0,
+) -> tuple[PlannedChunk, ...]:
+    """Split, normalize and tokenize ``text``; chunk offsets are shifted by ``offset`` and
+    chunk seeds continue from chunk number ``first_index`` (a stream's later text). A text
+    with nothing speakable gives no chunks. Raises RequestError."""
+    first = voicing.first_chunk_chars if first_chunk_chars is None else first_chunk_chars
+    planned: list[PlannedChunk] = []
+    for chunk in split_text(text, voicing.max_chunk_chars, first, settings.chunk_growth):
+        try:
+            ids = tokenizer.encode(preprocess(chunk.text, voicing.language))
+        except EmptyTextError:
+            continue  # a chunk of only symbols or emoji has nothing to say
+        except TextError as exc:
+            raise invalid("text", str(exc)) from None
+        if len(ids) > MAX_POSITIONS:
+            raise invalid(
+                "chunking.max_chunk_chars",
+                f"a chunk has {len(ids)} tokens, at most {MAX_POSITIONS}; use smaller chunks",
+            )
+        seed = (voicing.seed + first_index + len(planned)) % 2**63
+        pause = join_pause_seconds(planned[-1].text.text, voicing.speed) if planned else 0.0
+        utt = Utterance(ids, voicing.voice, voicing.speed, voicing.steps, seed, pause)
+        if offset:
+            chunk = TextChunk(chunk.text, chunk.start + offset, chunk.end + offset)
+        planned.append(PlannedChunk(chunk, utt))
+    return tuple(planned)
+
+
 def plan_request(
     req: tts_pb2.SynthesizeRequest,
     *,
@@ -168,44 +283,8 @@ def plan_request(
         raise invalid("text", "must not be empty")
     if len(text) > settings.max_text_chars:
         raise invalid("text", f"{len(text)} characters, at most {settings.max_text_chars}")
-    try:
-        voice = voices.get(req.voice or settings.default_voice)
-    except UnknownVoiceError as exc:
-        raise invalid("voice", str(exc)) from None
-    language = req.language.strip().lower() or "en"
-    if language not in LANGUAGES:
-        raise invalid(
-            "language", f"{req.language!r} is not supported; use one of " + ", ".join(LANGUAGES)
-        )
-    speed = DEFAULT_SPEED if req.speed == 0 else float(req.speed)
-    if not (math.isfinite(speed) and MIN_SPEED <= speed <= MAX_SPEED):
-        raise invalid("speed", f"{req.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
-    steps = req.steps or settings.default_steps
-    _check_range("steps", steps, (MIN_STEPS, MAX_STEPS))
-    encoding, rate = _output_format(req, streaming)
-    max_chars, first_chars = _chunk_limits(req, settings)
-    # A chunk's latent must fit the model's frames, or its audio would be squeezed or cut:
-    # slow speech gets smaller chunks (split further, never refused).
-    fit = fitting_chunk_chars(language, speed)
-    max_chars, first_chars = min(max_chars, fit), min(first_chars, fit)
-    seed = req.seed if req.HasField("seed") else secrets.randbits(63)
-
-    planned: list[PlannedChunk] = []
-    for chunk in split_text(text, max_chars, first_chars, settings.chunk_growth):
-        try:
-            ids = tokenizer.encode(preprocess(chunk.text, language))
-        except EmptyTextError:
-            continue  # a chunk of only symbols or emoji has nothing to say
-        except TextError as exc:
-            raise invalid("text", str(exc)) from None
-        if len(ids) > MAX_POSITIONS:
-            raise invalid(
-                "chunking.max_chunk_chars",
-                f"a chunk has {len(ids)} tokens, at most {MAX_POSITIONS}; use smaller chunks",
-            )
-        pause = join_pause_seconds(planned[-1].text.text, speed) if planned else 0.0
-        utt = Utterance(ids, voice, speed, steps, (seed + len(planned)) % 2**63, pause)
-        planned.append(PlannedChunk(chunk, utt))
+    voicing = plan_voicing(req, settings=settings, voices=voices, streaming=streaming)
+    planned = plan_chunks(text, voicing, settings=settings, tokenizer=tokenizer)
     if not planned:
         raise invalid("text", "nothing speakable: no characters the model can pronounce")
-    return Plan(tuple(planned), voice, language, speed, steps, seed, encoding, rate)
+    return voicing.plan(planned)

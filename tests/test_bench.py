@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supertonic_grpc import bench
+from benchmarks import engine_bench as bench
 from supertonic_grpc.bench_serving import (
     Reply,
     ServingRow,

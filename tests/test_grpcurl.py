@@ -52,6 +52,7 @@ def test_readme_has_every_recipe_the_issue_asks_for() -> None:
         "grpc.health.v1.Health/Check",
         "/Synthesize",
         "base64 -d",
+        "/StreamingSynthesize",
     ):
         assert needle in joined, needle
 
@@ -71,6 +72,10 @@ def test_every_grpcurl_recipe_runs_and_answers_sensibly(live_server, tmp_path: P
         ("Health/Check", ['"status": "SERVING"']),
         ("ListVoices", ['"model_state": "DEMO"', '"name": "F1"']),
         ("/Synthesize", ['"chunk"', '"summary"', '"audio_seconds"']),
+        (
+            "/StreamingSynthesize",
+            ['"chunk"', '"words"', '"Hello from a stream of text."', '"after a flush."'],
+        ),
     ]
     commands = recipes()
     for command in commands:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import wave
 
 import numpy as np
 
 from supertonic_client.client import SupertonicClient, SupertonicError
-from supertonic_grpc.audio import wav_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = stream.summary
     assert summary is not None  # the server always ends a stream with its summary
     audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    with open(args.output, "wb") as f:
-        f.write(wav_bytes(audio, summary.sample_rate_hz))
+    with wave.open(args.output, "wb") as f:  # 16-bit mono PCM
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(summary.sample_rate_hz)
+        f.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     print(
         f"wrote {args.output}: {summary.audio_seconds:.2f} s, first audio after "
         f"{summary.time_to_first_audio_seconds:.3f} s, seed {summary.seed}"

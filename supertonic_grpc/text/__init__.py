@@ -1,6 +1,6 @@
 """Text front end: normalization, tokenization and chunking (stdlib + numpy only)."""
 
-from .chunker import TextChunk, split_text
+from .chunker import TextChunk, final_break, split_text
 from .normalize import (
     LANGUAGES,
     EmptyTextError,
@@ -18,6 +18,7 @@ __all__ = [
     "TextError",
     "Tokenizer",
     "UnsupportedLanguageError",
+    "final_break",
     "normalize_text",
     "preprocess",
     "split_text",

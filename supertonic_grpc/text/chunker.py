@@ -230,3 +230,30 @@ def split_text(
         while rest < end and text[rest].isspace():
             rest += 1
     return [TextChunk(text[s:e], s, e) for s, e in spans]
+
+
+def final_break(text: str, *, clause: bool = False) -> tuple[int, int] | None:
+    """The last sentence break in ``text`` that no text appended later can undo, as
+    ``(end of the text before it, start of the text after it)``; None when there is none.
+    With ``clause``, clause breaks count too.
+
+    For text that arrives in pieces (an LLM's tokens): a break between two words is settled
+    once the next word has begun; one after the last word and trailing whitespace only when
+    that word ends a sentence whatever follows ("etc." does not: "etc. and more").
+    """
+    level = _CLAUSE if clause else _SENTENCE
+    best: tuple[int, int] | None = None
+    for gap_start, gap_end, gap_level in _Segmenter(text).breaks:
+        if gap_level >= level:
+            best = (gap_start, gap_end)
+    stripped = text.rstrip()
+    tail = text[len(stripped) :]
+    if not stripped or not tail:
+        return best
+    core = stripped.rsplit(None, 1)[-1].rstrip(_CLOSERS)
+    ends = tail.count("\n") >= 2 or (
+        bool(core) and all(_is_sentence_end(core, nxt) for nxt in ("a", "A", "1"))
+    )
+    if ends or (clause and core and core[-1] in _CLAUSE_TERMINATORS):
+        best = (len(stripped), len(text))
+    return best

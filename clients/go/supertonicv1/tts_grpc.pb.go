@@ -28,6 +28,10 @@ type TextToSpeechClient interface {
 	// fragments or flushes; half-closing the request stream means "no more text": what is
 	// buffered is spoken, then the summary ends the call. Cancelling the call (barge-in)
 	// drops its queued work before the next model step.
+	// Errors: a missing or repeated config is INVALID_ARGUMENT naming "config"; a bad config
+	// field names it ("config.voice", ...); text beyond max_text_chars in total is
+	// INVALID_ARGUMENT "text"; a call with no request message and no audio to send for the
+	// server's stream_idle_s (default 30 s) ends with DEADLINE_EXCEEDED ("stream idle").
 	StreamingSynthesize(ctx context.Context, opts ...grpc.CallOption) (TextToSpeech_StreamingSynthesizeClient, error)
 	// Lists the voices and whether the server runs the real model or demo weights.
 	ListVoices(ctx context.Context, in *ListVoicesRequest, opts ...grpc.CallOption) (*ListVoicesResponse, error)
@@ -137,6 +141,10 @@ type TextToSpeechServer interface {
 	// fragments or flushes; half-closing the request stream means "no more text": what is
 	// buffered is spoken, then the summary ends the call. Cancelling the call (barge-in)
 	// drops its queued work before the next model step.
+	// Errors: a missing or repeated config is INVALID_ARGUMENT naming "config"; a bad config
+	// field names it ("config.voice", ...); text beyond max_text_chars in total is
+	// INVALID_ARGUMENT "text"; a call with no request message and no audio to send for the
+	// server's stream_idle_s (default 30 s) ends with DEADLINE_EXCEEDED ("stream idle").
 	StreamingSynthesize(TextToSpeech_StreamingSynthesizeServer) error
 	// Lists the voices and whether the server runs the real model or demo weights.
 	ListVoices(context.Context, *ListVoicesRequest) (*ListVoicesResponse, error)

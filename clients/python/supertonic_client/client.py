@@ -8,7 +8,16 @@
         clip = tts.synthesize("One clip at once.")          # Clip: the whole audio
         print([v.name for v in tts.voices().voices])
 
-`AsyncSupertonicClient` is the same over `grpc.aio` (`async with`, `async for`, `await`).
+    with SupertonicClient("localhost:50051") as tts:     # text in as an LLM writes it
+        with tts.streaming(voice="F1", word_timings=True) as speech:
+            for token in llm_tokens:
+                speech.send(token)                   # sentences are spoken as they complete
+            speech.close()                           # no more text: speak the rest, finish
+            for chunk in speech:
+                play(chunk.audio); print(chunk.words)
+
+`AsyncSupertonicClient` is the same over `grpc.aio` (`async with`, `async for`, `await`);
+its `streaming()` session is what an agent uses: write tokens while reading audio.
 Every gRPC failure surfaces as `SupertonicError(code, message)`; the server's message names
 the request field at fault. `stream()` returns a `Stream` (async: `AsyncStream`) whose
 `summary` is set after the last chunk; the client's `last_summary` holds the latest summary
@@ -18,6 +27,7 @@ of any call.
 from __future__ import annotations
 
 import json
+import queue
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -26,24 +36,28 @@ from typing import Any, Self, TypedDict, Unpack
 import grpc
 import numpy as np
 
-from supertonic_grpc import audio
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
-from supertonic_grpc.audio import Encoding
+from supertonic_client import audio
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client.audio import Encoding
 
 __all__ = [
     "AsyncStream",
     "AsyncSupertonicClient",
+    "AsyncTextStream",
     "Chunk",
     "ChunkTimings",
     "Clip",
     "Encoding",
     "RequestOptions",
     "Stream",
+    "StreamingOptions",
     "Summary",
     "SupertonicClient",
     "SupertonicError",
+    "TextStream",
     "VoiceInfo",
     "VoiceList",
+    "WordTiming",
 ]
 
 _MODEL_STATES = {tts_pb2.REAL: "real", tts_pb2.DEMO: "demo"}
@@ -88,11 +102,22 @@ class ChunkTimings:
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    """One word's offsets in the text sent and its estimated span in the audio timeline."""
+
+    word: str
+    text_start: int
+    text_end: int
+    start_seconds: float
+    end_seconds: float
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One streamed piece of audio: decoded float32 `audio` plus the wire payload `data`.
 
-    A text chunk's audio may come as several pieces with the same `index` (`piece` 0, 1,
-    ...; `last_piece` on the final one); offsets and durations are per piece.
+    A chunk's audio may come as several pieces (`piece` 0, 1, ...; `last_piece` on the
+    last); `words` (with word timings on) come on its first piece.
     """
 
     index: int
@@ -108,6 +133,7 @@ class Chunk:
     timings: ChunkTimings
     piece: int = 0
     last_piece: bool = True
+    words: tuple[WordTiming, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,6 +197,14 @@ class RequestOptions(TypedDict, total=False):
     seed: int | None
     max_chunk_chars: int
     first_chunk_chars: int
+    word_timings: bool
+
+
+class StreamingOptions(RequestOptions, total=False):
+    """`RequestOptions` plus the text buffering of `streaming()`."""
+
+    max_buffer_delay_ms: int
+    early_first_clause: bool
 
 
 def _encoding(value: int) -> Encoding:
@@ -197,6 +231,10 @@ def _chunk(msg: tts_pb2.AudioChunk, decode: bool = True) -> Chunk:
         timings=ChunkTimings(t.queue_seconds, t.compute_seconds, t.batch_size),
         piece=msg.piece,
         last_piece=msg.last_piece,
+        words=tuple(
+            WordTiming(w.word, w.text_start, w.text_end, w.start_seconds, w.end_seconds)
+            for w in msg.words
+        ),
     )
 
 
@@ -255,9 +293,11 @@ def build_request(
     seed: int | None = None,
     max_chunk_chars: int = 0,
     first_chunk_chars: int = 0,
+    word_timings: bool = False,
 ) -> tts_pb2.SynthesizeRequest:
     """The protobuf request. 0 / "" mean the server's defaults (voice: the server's default
-    voice, speed 1.05, steps 5, native 44.1 kHz); `seed=None` means a random seed."""
+    voice, speed 1.05, steps 5, native 44.1 kHz); `seed=None` means a random seed;
+    `word_timings` asks for estimated word timings on each chunk."""
     req = tts_pb2.SynthesizeRequest(
         text=text,
         voice=voice,
@@ -268,18 +308,59 @@ def build_request(
         chunking=tts_pb2.ChunkingConfig(
             max_chunk_chars=max_chunk_chars, first_chunk_chars=first_chunk_chars
         ),
+        enable_word_timings=word_timings,
     )
     if seed is not None:
         req.seed = seed
     return req
 
 
+def build_config(
+    *,
+    max_buffer_delay_ms: int = 0,
+    early_first_clause: bool = False,
+    **options: Unpack[RequestOptions],
+) -> tts_pb2.StreamingSynthesizeRequest:
+    """The first message of a StreamingSynthesize call: `build_request`'s options (less the
+    text) plus the buffering policy (0 ms: the server's default stall delay)."""
+    req = build_request("", **options)
+    config = tts_pb2.StreamingSynthesizeConfig(
+        voice=req.voice,
+        language=req.language,
+        speed=req.speed,
+        steps=req.steps,
+        audio_config=req.audio_config,
+        chunking=req.chunking,
+        enable_word_timings=req.enable_word_timings,
+        buffering=tts_pb2.TextBufferingConfig(
+            max_buffer_delay_ms=max_buffer_delay_ms, early_first_clause=early_first_clause
+        ),
+    )
+    if req.HasField("seed"):
+        config.seed = req.seed
+    return tts_pb2.StreamingSynthesizeRequest(config=config)
+
+
+_FLUSH = tts_pb2.StreamingSynthesizeRequest(flush=tts_pb2.Flush())
+_CLOSE = object()
+
+# Replies as large as a server may be configured to send (its --max-reply-bytes ceiling).
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+
+
 def _channel_credentials(
-    tls: bool, root_certificates: bytes | None
+    tls: bool,
+    root_certificates: bytes | None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
 ) -> grpc.ChannelCredentials | None:
-    if not tls and root_certificates is None:
+    if not tls and root_certificates is None and certificate_chain is None:
         return None
-    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return grpc.ssl_channel_credentials(
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
 
 
 def _channel_options(service_config: str | Mapping[str, Any] | None) -> list[tuple[str, Any]]:
@@ -351,6 +432,119 @@ class AsyncStream(AsyncIterator[Chunk]):
         self._call.cancel()
 
 
+class TextStream(Stream):
+    """A `StreamingSynthesize` call: `send()` text as it is written, iterate for `Chunk`s.
+
+    Sending never blocks (a feeder thread of gRPC's drains a queue), so one thread may
+    send everything and then iterate, or two threads may do one each. `close()` half-closes:
+    the server speaks what is buffered and ends with the summary. `cancel()` is barge-in.
+    """
+
+    def __init__(
+        self,
+        stub: tts_pb2_grpc.TextToSpeechStub,
+        config: tts_pb2.StreamingSynthesizeRequest,
+        timeout: float | None,
+        owner: SupertonicClient,
+    ) -> None:
+        self._requests: queue.Queue[object] = queue.Queue()
+        self._requests.put(config)
+        call = stub.StreamingSynthesize(self._pump(), timeout=timeout, metadata=owner._metadata)
+        super().__init__(call, owner)
+
+    def _pump(self) -> Iterator[tts_pb2.StreamingSynthesizeRequest]:
+        while (item := self._requests.get()) is not _CLOSE:
+            yield item  # type: ignore[misc]
+
+    def send(self, text: str) -> None:
+        """Append a fragment of any size (a token, a sentence) to the text."""
+        if text:
+            self._requests.put(tts_pb2.StreamingSynthesizeRequest(text=text))
+
+    def flush(self) -> None:
+        """Speak everything sent so far now, even mid-sentence."""
+        self._requests.put(_FLUSH)
+
+    def close(self) -> None:
+        """No more text: the server speaks what is buffered, then the stream ends."""
+        self._requests.put(_CLOSE)
+
+    def cancel(self) -> None:
+        self._requests.put(_CLOSE)
+        super().cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.cancel()
+        else:
+            self.close()
+
+
+class AsyncTextStream(AsyncStream):
+    """`TextStream` for asyncio: `await send(...)` while another task reads `async for`.
+
+    The config goes out with the first write; `close()` half-closes, `cancel()` barges in.
+    """
+
+    def __init__(
+        self,
+        stub: tts_pb2_grpc.TextToSpeechStub,
+        config: tts_pb2.StreamingSynthesizeRequest,
+        timeout: float | None,
+        owner: AsyncSupertonicClient,
+    ) -> None:
+        super().__init__(stub.StreamingSynthesize(timeout=timeout, metadata=owner._metadata), owner)
+        self._config: tts_pb2.StreamingSynthesizeRequest | None = config
+        self._closed = False
+
+    async def _write(self, req: tts_pb2.StreamingSynthesizeRequest | None) -> None:
+        try:
+            if self._config is not None:
+                config, self._config = self._config, None
+                await self._call.write(config)
+            if req is not None:
+                await self._call.write(req)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    async def start(self) -> None:
+        """Send the config now (otherwise it goes with the first text)."""
+        await self._write(None)
+
+    async def send(self, text: str) -> None:
+        """Append a fragment of any size to the text."""
+        if text:
+            await self._write(tts_pb2.StreamingSynthesizeRequest(text=text))
+
+    async def flush(self) -> None:
+        """Speak everything sent so far now, even mid-sentence."""
+        await self._write(_FLUSH)
+
+    async def close(self) -> None:
+        """No more text: the server speaks what is buffered, then the stream ends."""
+        if self._closed:
+            return
+        await self._write(None)
+        self._closed = True
+        try:
+            await self._call.done_writing()
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.cancel()
+        else:
+            await self.close()
+
+
 class _Base:
     """Shared by both clients: address, default deadline, credentials, last summary."""
 
@@ -362,15 +556,25 @@ class _Base:
         *,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        api_key: str | None = None,
         timeout: float | None = None,
         service_config: str | Mapping[str, Any] | None = None,
     ) -> None:
+        """`root_certificates` (PEM) verifies the server; `certificate_chain` and
+        `private_key` (PEM) are this client's certificate for mTLS; `api_key` is sent as
+        ``authorization: Bearer <key>`` on every call."""
         self.address = address
         self.timeout = timeout
         self.last_summary: Summary | None = None
-        creds = _channel_credentials(tls, root_certificates)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        creds = _channel_credentials(tls, root_certificates, certificate_chain, private_key)
         grpc_mod: Any = grpc.aio if self._aio else grpc
-        options = _channel_options(service_config)
+        options = [
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            *_channel_options(service_config),
+        ]
         if creds is None:
             self._channel = grpc_mod.insecure_channel(address, options=options)
         else:
@@ -396,11 +600,24 @@ class SupertonicClient(_Base):
         """Start a `Synthesize` stream; iterate the result for `Chunk`s.
 
         Options are `build_request`'s: voice, language, speed, steps, encoding,
-        sample_rate_hz, seed, max_chunk_chars, first_chunk_chars. Errors (including a bad
+        sample_rate_hz, seed, max_chunk_chars, first_chunk_chars, word_timings. Errors (a bad
         request) are raised as `SupertonicError` while iterating.
         """
         req = build_request(text, **options)
-        return Stream(self._stub.Synthesize(req, timeout=self._timeout(timeout)), self)
+        return Stream(
+            self._stub.Synthesize(req, timeout=self._timeout(timeout), metadata=self._metadata),
+            self,
+        )
+
+    def streaming(
+        self, *, timeout: float | None = None, **options: Unpack[StreamingOptions]
+    ) -> TextStream:
+        """Start a `StreamingSynthesize` call: `send()` text, iterate for chunks.
+
+        Options are `build_request`'s (less the text) plus `max_buffer_delay_ms` (speak text
+        that stalls this long without a sentence end) and `early_first_clause`.
+        """
+        return TextStream(self._stub, build_config(**options), self._timeout(timeout), self)
 
     def synthesize(
         self, text: str, *, timeout: float | None = None, **options: Unpack[RequestOptions]
@@ -408,7 +625,9 @@ class SupertonicClient(_Base):
         """The whole clip in one reply (`SynthesizeOnce`); options as for `stream`."""
         req = build_request(text, **options)
         try:
-            reply = self._stub.SynthesizeOnce(req, timeout=self._timeout(timeout))
+            reply = self._stub.SynthesizeOnce(
+                req, timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
         clip = _clip(reply)
@@ -419,7 +638,7 @@ class SupertonicClient(_Base):
         """The server's voices, languages and model state."""
         try:
             reply = self._stub.ListVoices(
-                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout)
+                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
@@ -450,7 +669,16 @@ class AsyncSupertonicClient(_Base):
     ) -> AsyncStream:
         """Start a `Synthesize` stream; `async for` over it. Options as `build_request`."""
         req = build_request(text, **options)
-        return AsyncStream(self._stub.Synthesize(req, timeout=self._timeout(timeout)), self)
+        return AsyncStream(
+            self._stub.Synthesize(req, timeout=self._timeout(timeout), metadata=self._metadata),
+            self,
+        )
+
+    def streaming(
+        self, *, timeout: float | None = None, **options: Unpack[StreamingOptions]
+    ) -> AsyncTextStream:
+        """Start a `StreamingSynthesize` call; options as for `SupertonicClient.streaming`."""
+        return AsyncTextStream(self._stub, build_config(**options), self._timeout(timeout), self)
 
     async def synthesize(
         self, text: str, *, timeout: float | None = None, **options: Unpack[RequestOptions]
@@ -458,7 +686,9 @@ class AsyncSupertonicClient(_Base):
         """The whole clip in one reply (`SynthesizeOnce`)."""
         req = build_request(text, **options)
         try:
-            reply = await self._stub.SynthesizeOnce(req, timeout=self._timeout(timeout))
+            reply = await self._stub.SynthesizeOnce(
+                req, timeout=self._timeout(timeout), metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise _error(exc) from exc
         clip = _clip(reply)
@@ -469,7 +699,7 @@ class AsyncSupertonicClient(_Base):
         """The server's voices, languages and model state."""
         try:
             reply = await self._stub.ListVoices(
-                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout)
+                tts_pb2.ListVoicesRequest(), timeout=self._timeout(timeout), metadata=self._metadata
             )
         except grpc.RpcError as exc:
             raise _error(exc) from exc

@@ -12,6 +12,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -25,6 +27,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -68,7 +72,15 @@ type options struct {
 	out            string
 	timeout        time.Duration
 	connectTimeout time.Duration
+	tls            bool
+	tlsCA          string
+	tlsCert        string
+	tlsKey         string
+	apiKey         string
 }
+
+// maxReceiveBytes matches the largest reply a server may be configured to send.
+const maxReceiveBytes = 64 << 20
 
 func parseFlags(args []string) (*options, error) {
 	o := &options{}
@@ -91,6 +103,12 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "deadline for the whole request")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second,
 		"deadline for one connection attempt")
+	fs.BoolVar(&o.tls, "tls", false, "connect with TLS (system CA roots unless -tls-ca)")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM file of the CA that signed the server (implies -tls)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM client certificate for mTLS (with -tls-key)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM client private key for mTLS")
+	fs.StringVar(&o.apiKey, "api-key", os.Getenv("SUPERTONIC_API_KEY"),
+		"bearer token for the server (default: $SUPERTONIC_API_KEY)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stderr)
@@ -110,7 +128,37 @@ func parseFlags(args []string) (*options, error) {
 	if o.timeout <= 0 || o.connectTimeout <= 0 {
 		return nil, errors.New("-timeout and -connect-timeout must be positive")
 	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, errors.New("-tls-cert and -tls-key go together")
+	}
 	return o, nil
+}
+
+// transport is plaintext, or TLS (optionally with a client certificate) when asked for.
+func transport(o *options) (grpc.DialOption, error) {
+	if !o.tls && o.tlsCA == "" && o.tlsCert == "" {
+		return grpc.WithInsecure(), nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.tlsCA != "" {
+		pem, err := os.ReadFile(o.tlsCA)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificates", o.tlsCA)
+		}
+		cfg.RootCAs = pool
+	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(cfg)), nil
 }
 
 // wavWriter streams 16-bit mono PCM to a file and patches the RIFF sizes on Close, so a
@@ -280,11 +328,19 @@ func run(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
+	if o.apiKey != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+o.apiKey)
+	}
+	creds, err := transport(o)
+	if err != nil {
+		return err
+	}
 
 	// Non-blocking dial; MinConnectTimeout bounds one connection attempt so an address
 	// that drops packets fails within -connect-timeout rather than the whole -timeout.
 	dialOpts := []grpc.DialOption{
-		grpc.WithInsecure(),
+		creds,
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReceiveBytes)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.DefaultConfig,
 			MinConnectTimeout: o.connectTimeout,

@@ -3,8 +3,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -68,7 +67,7 @@ class SynthesizeRequest(_message.Message):
     seed: int
     chunking: ChunkingConfig
     enable_word_timings: bool
-    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., speed: _Optional[float] = ..., steps: _Optional[int] = ..., audio_config: _Optional[_Union[AudioConfig, _Mapping]] = ..., seed: _Optional[int] = ..., chunking: _Optional[_Union[ChunkingConfig, _Mapping]] = ..., enable_word_timings: _Optional[bool] = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., voice: _Optional[str] = ..., language: _Optional[str] = ..., speed: _Optional[float] = ..., steps: _Optional[int] = ..., audio_config: _Optional[_Union[AudioConfig, _Mapping]] = ..., seed: _Optional[int] = ..., chunking: _Optional[_Union[ChunkingConfig, _Mapping]] = ..., enable_word_timings: bool = ...) -> None: ...
 
 class ChunkTimings(_message.Message):
     __slots__ = ("queue_seconds", "compute_seconds", "batch_size")
@@ -122,7 +121,7 @@ class AudioChunk(_message.Message):
     piece: int
     last_piece: bool
     words: _containers.RepeatedCompositeFieldContainer[WordTiming]
-    def __init__(self, index: _Optional[int] = ..., audio: _Optional[bytes] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., text: _Optional[str] = ..., text_start: _Optional[int] = ..., text_end: _Optional[int] = ..., audio_offset_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., timings: _Optional[_Union[ChunkTimings, _Mapping]] = ..., piece: _Optional[int] = ..., last_piece: _Optional[bool] = ..., words: _Optional[_Iterable[_Union[WordTiming, _Mapping]]] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., audio: _Optional[bytes] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., text: _Optional[str] = ..., text_start: _Optional[int] = ..., text_end: _Optional[int] = ..., audio_offset_seconds: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., timings: _Optional[_Union[ChunkTimings, _Mapping]] = ..., piece: _Optional[int] = ..., last_piece: bool = ..., words: _Optional[_Iterable[_Union[WordTiming, _Mapping]]] = ...) -> None: ...
 
 class SynthesizeSummary(_message.Message):
     __slots__ = ("chunks", "audio_seconds", "time_to_first_audio_seconds", "total_seconds", "queue_seconds", "compute_seconds", "sample_rate_hz", "encoding", "voice", "language", "seed", "model_state")
@@ -166,7 +165,7 @@ class TextBufferingConfig(_message.Message):
     EARLY_FIRST_CLAUSE_FIELD_NUMBER: _ClassVar[int]
     max_buffer_delay_ms: int
     early_first_clause: bool
-    def __init__(self, max_buffer_delay_ms: _Optional[int] = ..., early_first_clause: _Optional[bool] = ...) -> None: ...
+    def __init__(self, max_buffer_delay_ms: _Optional[int] = ..., early_first_clause: bool = ...) -> None: ...
 
 class StreamingSynthesizeConfig(_message.Message):
     __slots__ = ("voice", "language", "speed", "steps", "audio_config", "seed", "buffering", "enable_word_timings", "chunking")
@@ -188,7 +187,7 @@ class StreamingSynthesizeConfig(_message.Message):
     buffering: TextBufferingConfig
     enable_word_timings: bool
     chunking: ChunkingConfig
-    def __init__(self, voice: _Optional[str] = ..., language: _Optional[str] = ..., speed: _Optional[float] = ..., steps: _Optional[int] = ..., audio_config: _Optional[_Union[AudioConfig, _Mapping]] = ..., seed: _Optional[int] = ..., buffering: _Optional[_Union[TextBufferingConfig, _Mapping]] = ..., enable_word_timings: _Optional[bool] = ..., chunking: _Optional[_Union[ChunkingConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, voice: _Optional[str] = ..., language: _Optional[str] = ..., speed: _Optional[float] = ..., steps: _Optional[int] = ..., audio_config: _Optional[_Union[AudioConfig, _Mapping]] = ..., seed: _Optional[int] = ..., buffering: _Optional[_Union[TextBufferingConfig, _Mapping]] = ..., enable_word_timings: bool = ..., chunking: _Optional[_Union[ChunkingConfig, _Mapping]] = ...) -> None: ...
 
 class Flush(_message.Message):
     __slots__ = ()

@@ -4,9 +4,9 @@
 import grpc
 import warnings
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2 as supertonic_dot_v1_dot_tts__pb2
+from supertonic_client._proto.supertonic.v1 import tts_pb2 as supertonic_dot_v1_dot_tts__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.71.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -19,14 +19,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in supertonic/v1/tts_pb2_grpc.py depends on'
+        + f' but the generated code in supertonic/v1/tts_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class TextToSpeechStub:
+class TextToSpeechStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -57,7 +57,7 @@ class TextToSpeechStub:
                 _registered_method=True)
 
 
-class TextToSpeechServicer:
+class TextToSpeechServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Synthesize(self, request, context):
@@ -82,6 +82,10 @@ class TextToSpeechServicer:
         fragments or flushes; half-closing the request stream means "no more text": what is
         buffered is spoken, then the summary ends the call. Cancelling the call (barge-in)
         drops its queued work before the next model step.
+        Errors: a missing or repeated config is INVALID_ARGUMENT naming "config"; a bad config
+        field names it ("config.voice", ...); text beyond max_text_chars in total is
+        INVALID_ARGUMENT "text"; a call with no request message and no audio to send for the
+        server's stream_idle_s (default 30 s) ends with DEADLINE_EXCEEDED ("stream idle").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,7 +129,7 @@ def add_TextToSpeechServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class TextToSpeech:
+class TextToSpeech(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

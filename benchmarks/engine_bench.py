@@ -1,4 +1,5 @@
-"""`make bench`: the engine alone by batch size (eager, and compiled with `--compile`), then
+"""`make bench`: the engine alone by batch size (fp32, each other `--precisions`, ONNX Runtime
+on the same stages, and compiled with `--compile`, all interleaved in one run), then
 the real server under saturating load at the same batch sizes, so that serving overhead is
 one ratio (server throughput / engine throughput); see `bench_serving`.
 
@@ -15,27 +16,44 @@ which would more than double the default run.
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import logging
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import grpc
 import torch
 
+from benchmarks import compare
+from benchmarks.report import (
+    COMPILED,
+    EAGER,
+    FIRST_CHUNK,
+    Report,
+    Row,
+    eager_rtf,
+    render_markdown,
+    write_reports,
+)
 from loadtest.spawn import SpawnError
 from supertonic_grpc import bench_serving
-from supertonic_grpc.bench_serving import ServingConfig, ServingRow
+from supertonic_grpc.backends.gpu import GPU_LENGTH_BUCKETS
+from supertonic_grpc.bench_serving import ServingConfig
 from supertonic_grpc.bundle import ModelBundle, load_bundle
-from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, EngineError, Utterance
+from supertonic_grpc.engine import (
+    DEMO_CHARS_PER_SECOND,
+    Engine,
+    EngineError,
+    Utterance,
+    pick_device,
+)
 from supertonic_grpc.text import preprocess
 
 log = logging.getLogger(__name__)
@@ -51,41 +69,7 @@ TEXTS = (
     "The recipe calls for three eggs, a cup of flour, some butter and a pinch of salt, no more.",
     "When the update finishes, restart the device and sign in again with your new password.",
 )
-FIRST_CHUNK = "Sure, here is the first part of that."  # ~40 characters: a typical short first chunk
 VOICES = ("M1", "F1", "M2", "F2", "M3", "F3", "M4", "F4")
-EAGER, COMPILED = "eager", "compiled"
-
-
-@dataclass
-class Row:
-    """One (mode, batch size) measurement; times are medians over the repetitions."""
-
-    mode: str
-    batch_size: int
-    steps: int
-    audio_seconds: float  # audio produced by one batch
-    wall_seconds: float  # median wall time of one batch
-    rtf: float  # audio seconds per wall second (median over repetitions)
-    walls: list[float] = field(default_factory=list)
-
-
-@dataclass
-class Report:
-    machine: dict[str, Any]
-    flush_denormal: bool
-    model_state: str
-    steps: int
-    repeats: int
-    rows: list[Row]
-    first_chunk_seconds: dict[str, float]  # mode -> median wall time of the 40-char chunk alone
-    warmup_seconds: dict[str, float]  # mode -> warm-up time (compilation for "compiled")
-    compile_error: str = ""
-    compile_note: str = ""  # why there is no compiled row, when it was not asked for
-    serving: list[ServingRow] = field(default_factory=list)
-    serving_config: dict[str, Any] = field(default_factory=dict)
-    serving_note: str = ""
-    onnxruntime_rtf: dict[int, float] = field(default_factory=dict)
-    onnxruntime_note: str = ""
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -108,6 +92,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "dtype": "float32",
         # Other work on the machine skews every figure; the report shows how busy it was.
         "load_1min_at_start": round(os.getloadavg()[0], 2),
+        "cpu_flags": compare.cpu_flags(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -136,13 +121,39 @@ def _timed(engine: Engine, items: list[Utterance]) -> tuple[float, float]:
     return time.perf_counter() - start, sum(o.duration_s for o in out)
 
 
-def _engines(bundle: ModelBundle, args: argparse.Namespace) -> dict[str, Engine]:
-    pacing = DEMO_CHARS_PER_SECOND if bundle.is_demo else None
-    engines = {EAGER: Engine(bundle.model, device=args.device, demo_pacing=pacing)}
+def _engines(bundle: ModelBundle, args: argparse.Namespace, report: Report) -> dict[str, Any]:
+    """The modes to time: the engine (fp32), optionally compiled, each other precision asked
+    for, and ONNX Runtime on the same stages (CPU)."""
+
+    kwargs: dict[str, Any] = {
+        "device": args.device,
+        "demo_pacing": DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
+    }
+    # An engine prepares its model in place: every other mode starts from this copy.
+    pristine = copy.deepcopy(bundle.model)
+    engines: dict[str, Any] = {EAGER: Engine(bundle.model, **kwargs)}
+    precisions = compare.parse_precisions(args.precisions)
+    engines.update(compare.reduced_engines(pristine, precisions, **kwargs))
     if args.compile and not args.no_compile:
-        engines[COMPILED] = Engine(
-            bundle.model, device=args.device, compile=True, length_multiple=16, demo_pacing=pacing
+        # One compiled row per precision; CUDA graphs want the fixed GPU length buckets.
+        cuda = engines[EAGER].device.type == "cuda"
+        for p in precisions:
+            mode = COMPILED if p == "fp32" else f"{COMPILED}-{p}"
+            engines[mode] = Engine(
+                copy.deepcopy(pristine), compile=True, compile_mode=args.compile_mode,
+                length_multiple=16, length_buckets=GPU_LENGTH_BUCKETS if cuda else (),
+                precision=p, **kwargs,
+            )  # fmt: skip
+    if args.no_onnx:
+        report.onnxruntime_note = "ONNX Runtime baseline skipped (--no-onnx)"
+    elif engines[EAGER].device.type != "cpu":
+        report.onnxruntime_note = f"ONNX Runtime baseline is CPU only; not run on {args.device}"
+    else:
+        ort, report.onnxruntime_note = compare.ort_engine(
+            engines[EAGER], pristine, Path(args.onnx_cache)
         )
+        if ort is not None:
+            engines[compare.ORT] = ort
     return engines
 
 
@@ -154,7 +165,7 @@ def _warm_up(engines: dict[str, Engine], workloads: list[list[Utterance]], repor
             for items in workloads:
                 engines[mode].synthesize(items)
         except EngineError as exc:
-            if mode != COMPILED:
+            if not mode.startswith(COMPILED):
                 raise
             # Dynamo's message spans lines and ends in advice; keep the lines that say what.
             said = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -176,8 +187,7 @@ def run(args: argparse.Namespace) -> Report:
         torch.set_flush_denormal(True)
     torch.set_grad_enabled(False)
     bundle = load_bundle(args.model_dir or None)
-    engines = _engines(bundle, args)
-    device = next(iter(engines.values())).device
+    device = pick_device(args.device)
     report = Report(
         machine_info(device),
         # The engine flushes denormals itself on CPU; the flag matters only elsewhere.
@@ -189,10 +199,12 @@ def run(args: argparse.Namespace) -> Report:
         {},
         {},
     )
+    engines = _engines(bundle, args, report)
     sizes = sorted({int(s) for s in args.batch_sizes.split(",") if s.strip()})
     batches = {n: _batch(bundle, n, args.steps) for n in sizes}
     first = _utterances(bundle, [FIRST_CHUNK], args.steps)
     _warm_up(engines, [first, *batches.values()], report)
+    _measure_quality(engines, batches[max(batches)], report)
 
     for n, items in batches.items():
         walls: dict[str, list[float]] = {mode: [] for mode in engines}
@@ -210,22 +222,16 @@ def run(args: argparse.Namespace) -> Report:
             )  # fmt: skip
             report.rows.append(row)
             log.info("batch %d %s: %.2f s per batch, RTF %.2f", n, mode, row.wall_seconds, row.rtf)
-    for mode, engine in engines.items():
-        report.first_chunk_seconds[mode] = statistics.median(
-            _timed(engine, first)[0] for _ in range(args.repeats)
-        )
+    first_walls: dict[str, list[float]] = {mode: [] for mode in engines}
+    for _ in range(args.repeats):
+        for mode, engine in engines.items():
+            first_walls[mode].append(_timed(engine, first)[0])
+    report.first_chunk_seconds = {m: statistics.median(w) for m, w in first_walls.items()}
     if COMPILED not in engines and not report.compile_error:
         report.compile_note = (
             "compiled phase not run (pass --compile): on CPU torch.compile takes minutes "
             "to warm up for a small gain (about 10% per the issue)"
         )
-    if engines[EAGER].device.type == "cpu":
-        with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
-            report.onnxruntime_rtf, report.onnxruntime_note = bench_serving.onnxruntime_rtf(
-                engines[EAGER], batches, args.repeats, Path(tmp)
-            )
-    else:
-        report.onnxruntime_note = "onnxruntime baseline is CPU only; not run on " + str(device)
     if args.no_serving:
         report.serving_note = "serving phase skipped (--no-serving)"
     else:
@@ -233,9 +239,13 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def eager_rtf(report: Report) -> dict[int, float]:
-    """Batch size -> the eager engine's RTF, the denominator of the serving ratio."""
-    return {r.batch_size: r.rtf for r in report.rows if r.mode == EAGER}
+def _measure_quality(engines: dict[str, Any], items: list[Utterance], report: Report) -> None:
+    """Each mode's audio against the fp32 engine's on one batch (untimed)."""
+
+    reference = engines[EAGER].synthesize(items)
+    for mode, engine in engines.items():
+        if mode != EAGER:
+            report.quality[mode] = asdict(compare.quality(reference, engine.synthesize(items)))
 
 
 def _serve(args: argparse.Namespace, report: Report, sizes: list[int]) -> None:
@@ -266,75 +276,6 @@ def _serve(args: argparse.Namespace, report: Report, sizes: list[int]) -> None:
         log.error("%s", report.serving_note)
 
 
-def _ratio(report: Report, n: int) -> float | None:
-    by_mode = {r.mode: r for r in report.rows if r.batch_size == n}
-    if EAGER in by_mode and COMPILED in by_mode:
-        return by_mode[COMPILED].rtf / by_mode[EAGER].rtf
-    return None
-
-
-def render_markdown(report: Report) -> str:
-    """The report as Markdown: machine, table, first chunk, warm-up."""
-    m = report.machine
-    lines = [
-        "# Engine benchmark",
-        "",
-        f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
-        f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}",
-        f"- load average (1 min) at start: {m.get('load_1min_at_start', 'n/a')}",
-        f"- torch {m['torch']}, Python {m['python']}, {m['dtype']}, flush denormals: "
-        f"{'on' if report.flush_denormal else 'off'}",
-        f"- model: {report.model_state} weights"
-        + (" (demo pacing: 15 characters per second)" if report.model_state == "demo" else ""),
-        f"- {report.steps} flow steps, ~100-character English chunks, median of "
-        f"{report.repeats} runs; RTF = audio seconds / wall seconds (higher is faster)",
-        "",
-        "| batch | mode | audio s / batch | wall s / batch | RTF | compiled / eager |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in report.rows:
-        ratio = _ratio(report, r.batch_size) if r.mode == COMPILED else None
-        lines.append(
-            f"| {r.batch_size} | {r.mode} | {r.audio_seconds:.2f} | {r.wall_seconds:.3f} | "
-            f"{r.rtf:.2f} | {f'{ratio:.2f}x' if ratio else ''} |"
-        )
-    lines.append("")
-    for mode, sec in report.first_chunk_seconds.items():
-        lines.append(
-            f"- first chunk alone (batch 1, {len(FIRST_CHUNK)} chars), {mode}: {sec:.3f} s"
-        )
-    for mode, sec in report.warmup_seconds.items():
-        what = "compilation + warm-up" if mode == COMPILED else "warm-up"
-        lines.append(f"- {mode} {what} (excluded from timings): {sec:.1f} s")
-    if report.compile_error:
-        lines.append(f"- torch.compile FAILED: {report.compile_error}")
-    if report.compile_note:
-        lines.append(f"- {report.compile_note}")
-    if report.onnxruntime_rtf:
-        ort = ", ".join(f"batch {n}: {v:.2f}" for n, v in sorted(report.onnxruntime_rtf.items()))
-        lines.append(f"- onnxruntime CPU baseline (same networks exported to ONNX), RTF {ort}")
-    if report.onnxruntime_note:
-        lines.append(f"- onnxruntime baseline: {report.onnxruntime_note}")
-    lines += bench_serving.render_serving(report.serving, report.serving_config)
-    if report.serving_note:
-        lines += ["", f"- {report.serving_note}"]
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(report: Report, out_dir: Path) -> tuple[Path, Path]:
-    """Write `bench.json` and `bench.md`; returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = asdict(report)
-    data["compiled_over_eager"] = {
-        str(n): _ratio(report, n) for n in sorted({r.batch_size for r in report.rows})
-    }
-    data["serving_over_engine"] = {str(r.batch_size): r.ratio for r in report.serving}
-    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's flags (shared by `supertonic-grpc bench` and `python -m ...bench`)."""
     p.add_argument("--batch-sizes", default="1,4,8", help="comma-separated (default 1,4,8)")
@@ -346,7 +287,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-compile", action="store_true", help="skip torch.compile (the default; wins)"
     )
+    p.add_argument(
+        "--compile-mode", default="default", help="with --compile: default, reduce-overhead, ..."
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="engine precisions to time side by side (fp32 always; default fp32,bf16)",
+    )
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime baseline")
+    p.add_argument(
+        "--onnx-cache", default=".cache/onnx", help="where exported ONNX stages are kept"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument(
         "--flush-denormal", action="store_true", help="torch.set_flush_denormal(True) first"

@@ -1,0 +1,177 @@
+"""The engine's backend step: the channels-last fast path is exact, and the precision policy
+keeps the numerically sensitive parts in float32."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from supertonic_grpc import backends
+from supertonic_grpc.backends import convnext
+from supertonic_grpc.backends.precision import parse_precision, supported
+from supertonic_grpc.bundle import ModelBundle, demo_bundle
+from supertonic_grpc.engine import Engine, Utterance
+from supertonic_grpc.model.layers import ConvNeXtBlock
+from supertonic_grpc.model.vector_estimator import RotaryTextAttention, TimeEncoder
+
+# The issue's bar for "exact": what float32 rounding alone could explain.
+EXACT = 1e-5
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Iterator[ModelBundle]:
+    b = demo_bundle()
+    yield b
+    convnext.restore(b.model)
+
+
+def _items(bundle: ModelBundle) -> list[Utterance]:
+    voice = bundle.voices.get("M1")
+    lengths = (14, 40, 70)  # different lengths, so masks and padding are exercised
+    return [Utterance([7 + i % 50 for i in range(n)], voice, steps=2, seed=n) for n in lengths]
+
+
+def _snr_db(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    signal = sum(float((r.astype(np.float64) ** 2).sum()) for r in ref)
+    noise = sum(
+        float(((r - g).astype(np.float64) ** 2).sum()) for r, g in zip(ref, got, strict=True)
+    )
+    return 10 * np.log10(signal / max(noise, 1e-30))
+
+
+@pytest.mark.parametrize(
+    ("causal", "dilation", "masked"), [(False, 1, True), (False, 4, True), (True, 2, False)]
+)
+@torch.inference_mode()
+def test_channels_last_block_equals_the_paper_form(
+    causal: bool, dilation: int, masked: bool
+) -> None:
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(64, 128, 5, dilation, causal=causal).eval()
+    with torch.no_grad():
+        block.gamma.fill_(0.5)  # a visible layer scale, so folding it into W2 is checked
+    x = torch.randn(3, 64, 37)
+    mask = None
+    if masked:
+        mask = torch.ones(3, 1, 37)
+        mask[1, :, 20:] = 0.0
+        mask[2, :, 5:] = 0.0
+    want = block(x, mask)
+    fast = convnext.ChannelsLastConvNeXt(block)
+    got = fast(x, mask)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
+
+
+def test_prepare_keeps_the_state_dict_and_restore_undoes_it(bundle: ModelBundle) -> None:
+    model = bundle.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = convnext.install(model)
+    assert n == sum(isinstance(m, ConvNeXtBlock) for m in model.modules()) > 0
+    assert convnext.install(model) == n  # idempotent
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    convnext.restore(model)
+    assert not convnext.is_prepared(model)
+
+
+@pytest.mark.slow
+def test_fast_engine_equals_paper_form_engine(bundle: ModelBundle) -> None:
+    engine = Engine(bundle.model, device="cpu")
+    assert convnext.is_prepared(bundle.model)
+    fast = engine.synthesize(_items(bundle))
+    convnext.restore(bundle.model)
+    paper = engine.synthesize(_items(bundle))
+    for a, b in zip(paper, fast, strict=True):
+        assert a.audio.shape == b.audio.shape
+        assert float(np.abs(a.audio - b.audio).max()) <= EXACT
+
+
+@pytest.mark.slow
+def test_bf16_keeps_time_embedding_rotary_euler_and_masks_in_fp32(bundle: ModelBundle) -> None:
+    model = bundle.model
+    seen: dict[str, list[torch.Tensor]] = {"time": [], "rotary": [], "euler": []}
+
+    def keep(name: str):  # type: ignore[no-untyped-def]
+        return lambda _mod, args, out: seen[name].append(out)
+
+    hooks = [
+        model.vector_estimator.register_forward_hook(keep("euler")),
+        *(
+            m.register_forward_hook(keep("time"))
+            for m in model.modules()
+            if isinstance(m, TimeEncoder)
+        ),
+    ]
+    rotations: list[torch.Tensor] = []
+    originals = {}
+    for m in model.modules():
+        if isinstance(m, RotaryTextAttention):
+            originals[m] = m._rotate
+
+            def rotate(x, mask, _orig=m._rotate):  # type: ignore[no-untyped-def]
+                rotations.append(mask)
+                out = _orig(x, mask)
+                seen["rotary"].append(out)
+                return out
+
+            m._rotate = rotate  # type: ignore[method-assign]
+    try:
+        fp32 = Engine(model, device="cpu", precision="fp32").synthesize(_items(bundle))
+        ref = {k: [t.clone() for t in v] for k, v in seen.items()}
+        for v in seen.values():
+            v.clear()
+        rotations.clear()
+        engine = Engine(model, device="cpu", precision="bf16")
+        assert engine.precision == "bf16"
+        bf16 = engine.synthesize(_items(bundle))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in originals:
+            del m._rotate
+    # Everything the policy protects is float32 ...
+    for name in ("time", "rotary", "euler"):
+        assert seen[name] and all(t.dtype == torch.float32 for t in seen[name]), name
+    assert all(m.dtype == torch.float32 for m in rotations)
+    # ... and the time embedding, computed before any ConvNeXt block, is bit for bit fp32's.
+    assert all(torch.equal(a, b) for a, b in zip(ref["time"], seen["time"], strict=True))
+    # The MLPs really ran in bf16: the audio moved, but not far.
+    snr = _snr_db([o.audio for o in fp32], [o.audio for o in bf16])
+    assert 30.0 < snr < 200.0, snr
+
+
+@pytest.mark.slow
+def test_int8_runs_with_finite_audio_close_to_fp32(bundle: ModelBundle) -> None:
+    fp32 = Engine(bundle.model, device="cpu").synthesize(_items(bundle))
+    int8 = Engine(bundle.model, device="cpu", precision="int8").synthesize(_items(bundle))
+    assert all(np.isfinite(o.audio).all() for o in int8)
+    assert _snr_db([o.audio for o in fp32], [o.audio for o in int8]) > 20.0
+
+
+def test_parse_precision_accepts_the_three_names_and_rejects_others() -> None:
+    assert [parse_precision(p) for p in ("fp32", "BF16", " int8 ")] == ["fp32", "bf16", "int8"]
+    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+        parse_precision("fp16")
+
+
+def test_int8_is_refused_off_cpu() -> None:
+    assert supported("int8", torch.device("cuda")) is not None
+    assert supported("bf16", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="int8"):
+        backends.prepare(torch.nn.Module(), torch.device("cuda"), "int8")
+
+
+def test_precision_setting_reaches_the_engine_and_bad_values_fail_at_start() -> None:
+    from supertonic_grpc.server import build_engine
+    from supertonic_grpc.settings import Settings, SettingsError, load_settings
+
+    assert load_settings(environ={"SUPERTONIC_PRECISION": "bf16"}).precision == "bf16"
+    with pytest.raises(SettingsError, match="--precision"):
+        Settings(precision="fp16").validate()
+    with pytest.raises(ValueError, match="--precision"):
+        build_engine(demo_bundle(), Settings(device="cpu", precision="fp16"))
