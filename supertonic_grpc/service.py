@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -203,10 +204,15 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                 compute_seconds=result.compute_s,
                 batch_size=result.batch_size,
             ),
-            words=_word_timings(c, result.synthesized.duration_s, offset)
-            if plan.word_timings
-            else (),
+            words=self._words(plan, k, result, offset) if plan.word_timings and piece == 0 else (),
         )
+
+    def _words(self, plan: Plan, k: int, result: JobResult, offset: float) -> list[Any]:
+        """A chunk's words, on its first piece: over the chunk's whole speech, which starts
+        after the pause that joins it to the previous chunk."""
+        lead = plan.chunks[k].utterance.lead_silence_s
+        speech = result.chunk_seconds or result.synthesized.duration_s - lead
+        return _word_timings(plan.chunks[k].text, speech, offset + lead)
 
     def _summary(
         self,

@@ -53,6 +53,7 @@ class StepDecision:
     running_after: int
     compute_s: float = 0.0
     error: str = ""
+    admitted_priorities: tuple[Priority, ...] = ()  # of `admitted`, in order
 
     @property
     def request_ids(self) -> tuple[int, ...]:
@@ -108,6 +109,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._running_flag = False
         self._high_run_s = 0.0  # engine time of consecutive ticks spent on first chunks
+        self._admitting: list[Job] = []  # taken from the queues for this tick's admission
         self.stages = Stages(engine, self.cost, metrics, clock, self.sample_rate)
 
     # --- the event-loop side (any thread) ----------------------------------------------
@@ -155,9 +157,9 @@ class Scheduler:
         request's running chunks no longer count (they leave at the next tick)."""
         with self._cond:
             waiting = len(self._high) + len(self._normal)
-            admitting = self._running_count - len(self._running)  # taken, not yet admitted
+            taken = sum(1 for j in self._admitting if not j.ticket.cancelled)
             live = sum(1 for r in list(self._running) if not r.ticket.cancelled)
-            return waiting + max(0, admitting) + live
+            return waiting + taken + live
 
     def queued_for(self, ticket: Ticket) -> int:
         with self._cond:
@@ -250,6 +252,7 @@ class Scheduler:
                 self._high_run_s,
             )
             self._unqueue(jobs)
+            self._admitting = jobs
             self._update_depth()
             waiting = len(self._high) + len(self._normal)
         if not jobs and not self._running:
@@ -277,6 +280,8 @@ class Scheduler:
         errors: list[str] = []
         start = self.clock()
         admitted = self.stages.admit(jobs, start, errors)
+        with self._cond:
+            self._admitting = []
         groups, urgent = self.policy.step_groups(self._running, now, self._high_run_s)
         high_work = any(r.high for g in groups for r in g)
         stepped = tuple(s for g in groups for s in self.stages.step(g, errors))
@@ -295,6 +300,7 @@ class Scheduler:
             tick=next(self._ticks),
             started=now,
             admitted=tuple((j.ticket.request_id, j.index) for j in admitted),
+            admitted_priorities=tuple(j.priority for j in admitted),
             stepped=stepped,
             vocoded=vocoded,
             urgent=urgent,
