@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from loadtest import agent, prom
+from loadtest import agent, heavy, listeners, prom
 from loadtest.cli import fail, parse_args
 from loadtest.corpus import TextPicker, load_texts
 from loadtest.report import build_report, render_markdown, write_reports
@@ -52,6 +52,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         warmup_requests=args.warmup,
         metrics_url=args.metrics_url or None,
+        think_s=args.think_s,
+        stagger_s=args.stagger_s,
     )
 
 
@@ -95,18 +97,25 @@ async def drive(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         stubs = [tts_pb2_grpc.TextToSpeechStub(ch) for ch in channels]
         await warm_up(cfg, stubs[0], picker)
+        if args.heavy:
+            result = await heavy.run_heavy(
+                stubs[0], cfg, args.heavy, args.t1_repeats, args.heavy_settle_s
+            )
+            return {"server_info": info, "levels": [], "heavy": result}
+        if cfg.mode in ("listen", "burst"):
+            return {"server_info": info, **await listeners.drive_levels(cfg, args, stubs, picker)}
         levels: list[LevelResult] = []
         for users in cfg.users:
             result = await run_level(cfg, stubs, picker, users)
             levels.append(result)
-            log.info("%s", _progress_line(result))
+            log.info("%s", progress_line(result))
         return {"server_info": info, "levels": levels}
     finally:
         for channel in channels:
             await channel.close()
 
 
-def _progress_line(result: LevelResult) -> str:
+def progress_line(result: LevelResult) -> str:
     f = result.figures
     req = f["requests"]
     extra = ""
@@ -134,9 +143,14 @@ async def execute(args: argparse.Namespace) -> dict[str, Any]:
             server_exit = server.stop()
     else:
         run = await drive(cfg, args)
-    return build_report(
+    report = build_report(
         cfg, args, run["levels"], run["server_info"], started, server_exit=server_exit
     )
+    if "t1" in run:
+        listeners.add_to_report(report, run)
+    if "heavy" in run:
+        report["heavy"] = run["heavy"]
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return agent.main(args)
     try:
         report = asyncio.run(execute(args))
+        if "heavy" in report:
+            paths = heavy.write(report["heavy"], args.out_dir)
+            print(paths[1].read_text(encoding="utf-8"))
+            return 0
         paths = write_reports(report, args.out_dir, charts=not args.no_charts)
     except (RunError, SpawnError, OSError, ValueError) as exc:
         fail(str(exc), code=1)

@@ -37,9 +37,7 @@ def _users_axis(ax: Any, users: list[int]) -> None:
 def latency_chart(report: dict[str, Any], path: Path) -> Path:
     """TTFA (stream) or latency (unary) percentiles vs concurrency."""
     key, title = (
-        ("ttfa_s", "Time to first audio")
-        if report["mode"] == "stream"
-        else ("latency_s", "Latency")
+        ("ttfa_s", "Time to first audio") if report["mode"] != "unary" else ("latency_s", "Latency")
     )
     levels = report["levels"]
     users = [lv["users"] for lv in levels]
@@ -117,7 +115,7 @@ def timeline_chart(report: dict[str, Any], path: Path) -> Path | None:
 
 def write_charts(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Every chart of ``report`` into ``out_dir``; returns the files written."""
-    name = "ttfa" if report["mode"] == "stream" else "latency"
+    name = "ttfa" if report["mode"] != "unary" else "latency"
     paths = [
         latency_chart(report, out_dir / f"{name}.png"),
         throughput_chart(report, out_dir / "throughput.png"),

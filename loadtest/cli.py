@@ -106,6 +106,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--early-clause", action="store_true", help="agent: speak the first clause early"
     )
     load.add_argument(
+        "--listeners", type=int_list, default=None, metavar="LEVELS",
+        help="real-time listeners per level (1x playback, think time, staggered starts); "
+        "also measures T1 and p95/T1",
+    )  # fmt: skip
+    load.add_argument(
+        "--burst", type=int_list, default=None, metavar="LEVELS",
+        help="streams started at one instant, once per level (with T1 and p95/T1)",
+    )  # fmt: skip
+    load.add_argument(
+        "--find-capacity", action="store_true",
+        help="with --listeners/--burst: search the highest level with 100%% gapless playback "
+        "and p95 TTFA <= 2 x T1 (levels 1, 2, 4, ... then bisection)",
+    )  # fmt: skip
+    load.add_argument("--capacity-max", type=int, default=64, help="highest level searched")
+    load.add_argument("--think-s", type=float, default=1.0, help="listeners' mean think time")
+    load.add_argument(
+        "--stagger-s", type=float, default=2.0, help="listeners' starts spread over this"
+    )
+    load.add_argument("--t1-repeats", type=int, default=5, help="idle tries T1 is the median of")
+    load.add_argument(
+        "--heavy", type=int, default=0, metavar="N",
+        help="instead of levels: a 40-char request's TTFA idle vs with N maximum-cost requests "
+        "(5000 chars, steps 50, speed 0.5) running; writes heavy.json/heavy.md",
+    )  # fmt: skip
+    load.add_argument("--heavy-settle-s", type=float, default=8.0, help="heavy warm-in time")
+    load.add_argument(
         "--users", type=int_list, default=None, help="concurrency levels (default 1,2,4,8)"
     )
     load.add_argument("--duration", type=float, default=None, help="seconds per level (default 30)")
@@ -144,6 +170,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate ``argv``; exits with one error line on bad input."""
     args = build_parser().parse_args(argv)
     preset = SMOKE if args.smoke else DEFAULTS
+    try:
+        _check(not (args.listeners and args.burst), "--listeners and --burst are separate runs")
+        if args.listeners or args.burst:
+            _check(args.mode == "stream", "--listeners/--burst stream; drop --mode unary")
+            _check(args.users is None, "--users is for back-to-back users; levels go to "
+                   "--listeners/--burst")  # fmt: skip
+            args.mode = "listen" if args.listeners else "burst"
+            args.users = args.listeners or args.burst
+        _check(
+            not args.find_capacity or args.mode in ("listen", "burst"),
+            "--find-capacity needs --listeners or --burst",
+        )
+        _check(args.capacity_max >= 1, "--capacity-max must be >= 1")
+        _check(args.think_s >= 0, "--think-s must be >= 0")
+        _check(args.stagger_s >= 0, "--stagger-s must be >= 0")
+        _check(args.t1_repeats >= 1, "--t1-repeats must be >= 1")
+        _check(args.heavy >= 0, "--heavy must be >= 0")
+    except UsageError as exc:
+        fail(str(exc))
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)

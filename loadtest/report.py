@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from loadtest import listeners
 from loadtest.runner import LevelResult, RunConfig
 from loadtest.stats import StreamRecord, pick_timeline, stream_summary
 
@@ -83,7 +84,7 @@ def build_report(
     rows = []
     for lv in levels:
         row: dict[str, Any] = {"users": lv.users, **lv.figures, "server": lv.server}
-        if cfg.mode == "stream":
+        if cfg.mode != "unary":
             row["streams"] = [stream_summary(r, lv.t0, cfg.tolerance_s) for r in lv.records]
         else:
             row["requests_detail"] = [stream_summary(r, lv.t0, cfg.tolerance_s) for r in lv.records]
@@ -102,7 +103,7 @@ def build_report(
             "exit_code": server_exit,
         },
         "levels": rows,
-        "timeline": timeline(levels, cfg.tolerance_s) if cfg.mode == "stream" else [],
+        "timeline": timeline(levels, cfg.tolerance_s) if cfg.mode != "unary" else [],
     }
 
 
@@ -171,7 +172,7 @@ def render_markdown(report: dict[str, Any], charts: list[str] | None = None) -> 
         f"seed {st['seed']}",
         "",
     ]
-    if report["mode"] == "stream":
+    if report["mode"] != "unary":
         lines += _stream_table(levels)
         lines += [
             "",
@@ -179,6 +180,8 @@ def render_markdown(report: dict[str, Any], charts: list[str] | None = None) -> 
             "network jitter). *agree*: the server's `supertonic_underruns_total` delta lies "
             "within the count the client's arrival times allow.",
         ]
+        if "t1" in report:
+            lines += listeners.markdown(report)
     else:
         lines += _unary_table(levels)
     cpu = ", ".join(f"{lv['users']}: {lv['client_cpu_cores']:.2f}" for lv in levels)

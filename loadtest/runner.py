@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,9 @@ class RunConfig:
     """Everything that shapes the traffic of one run."""
 
     address: str
-    mode: str = "stream"  # "stream" (Synthesize) or "unary" (SynthesizeOnce)
+    # "stream" (Synthesize, back to back), "unary" (SynthesizeOnce), "listen" (real-time
+    # listeners, see loadtest.listeners) or "burst" (N streams at one instant)
+    mode: str = "stream"
     users: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     duration_s: float = 30.0  # per level: no new request starts after this
     requests: int = 0  # per user and level; 0 = as many as fit in duration_s
@@ -49,6 +52,8 @@ class RunConfig:
     seed: int = 0
     warmup_requests: int = 1
     metrics_url: str | None = None
+    think_s: float = 1.0  # listen mode: mean think time after playback ends
+    stagger_s: float = 2.0  # listen mode: listeners' starts spread over this
 
     def request(self, text: Text) -> tts_pb2.SynthesizeRequest:
         """The request for one bundled text."""
@@ -151,7 +156,7 @@ async def one_request(
         rec.end = time.monotonic()
 
 
-async def _user(
+async def requests_loop(
     stub: tts_pb2_grpc.TextToSpeechStub,
     cfg: RunConfig,
     picker: TextPicker,
@@ -159,7 +164,10 @@ async def _user(
     user: int,
     stop_at: float,
     records: list[StreamRecord],
+    pause: Callable[[StreamRecord], float] | None = None,
 ) -> None:
+    """Requests one after the other until ``stop_at``; after each, wait ``pause(record)``
+    seconds (default: none, except a short back-off after a failure)."""
     rng = picker.for_user(level, user)
     sent = 0
     while (cfg.requests == 0 or sent < cfg.requests) and time.monotonic() < stop_at:
@@ -168,8 +176,9 @@ async def _user(
         records.append(rec)
         await one_request(stub, cfg, text, rec)
         sent += 1
-        if not rec.ok:
-            await asyncio.sleep(_ERROR_BACKOFF_S)
+        wait = pause(rec) if pause is not None else 0.0 if rec.ok else _ERROR_BACKOFF_S
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 @dataclass
@@ -183,16 +192,25 @@ class LevelResult:
     server: dict[str, Any] | None
 
 
+UserLoop = Callable[..., Awaitable[None]]
+
+
 async def run_level(
-    cfg: RunConfig, stubs: list[tts_pb2_grpc.TextToSpeechStub], picker: TextPicker, users: int
+    cfg: RunConfig,
+    stubs: list[tts_pb2_grpc.TextToSpeechStub],
+    picker: TextPicker,
+    users: int,
+    user_loop: UserLoop | None = None,
 ) -> LevelResult:
-    """Run ``users`` concurrent users for one level and summarize it."""
+    """Run ``users`` concurrent users for one level and summarize it. ``user_loop`` is
+    what each user does (default: requests back to back)."""
     before = await prom.scrape_or_none(cfg.metrics_url)
     records: list[StreamRecord] = []
     cpu0, t0 = time.process_time(), time.monotonic()
     stop_at = t0 + cfg.duration_s
+    loop = user_loop or requests_loop
     tasks = [
-        asyncio.ensure_future(_user(stubs[u % len(stubs)], cfg, picker, users, u, stop_at, records))
+        asyncio.ensure_future(loop(stubs[u % len(stubs)], cfg, picker, users, u, stop_at, records))
         for u in range(users)
     ]
     # Each request has its own deadline; this bound only guards against a stuck client.
@@ -207,7 +225,7 @@ async def run_level(
     figures = summarize(records, wall, cfg.tolerance_s)
     figures["client_cpu_cores"] = cpu / wall
     server = prom.level_delta(before, after)
-    if server is not None and cfg.mode == "stream":
+    if server is not None and cfg.mode != "unary":
         low, high = figures["underruns"]["server_count_bounds"]
         server["underruns_agree"] = prom.compare_underruns((low, high), server["underruns"])
     return LevelResult(users, t0, records, figures, server)

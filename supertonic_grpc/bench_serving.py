@@ -1,10 +1,11 @@
 """The serving phase of `make bench`: the real server under saturating load, per batch size.
 
-For each batch size B the server is spawned (`--max-batch B --max-wait-ms 20`) and kept busy
-by 2B+2 clients, each sending one ~100-character chunk per request back to back, so a full
-batch is always queued while the previous one computes. Throughput is measured from the
-replies over a fixed window after a warm-up and set beside the engine's own throughput at
-the same batch size, measured in the same run: serving overhead is one ratio.
+For each batch size B the server is spawned (`--max-batch B --max-wait-ms 20`, no step budget
+below B chunks) and kept busy by 2B+2 clients, each sending one ~100-character chunk per
+request back to back, so B chunks are always ready to share each flow step. Throughput is
+measured from the replies over a fixed window after a warm-up and set beside the engine's
+own throughput at the same batch size, measured in the same run: serving overhead is one
+ratio.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ class Reply:
 
     start: float
     end: float = 0.0
-    first_chunk: float | None = None  # arrival of the (only) chunk: when its batch finished
+    first_chunk: float | None = None  # arrival of the first audio
     audio_s: float = 0.0
     chunks: int = 0
-    batch_size: int = 0
-    compute_s: float = 0.0  # the batch's model time: identical for every item of one batch
+    batch_size: int = 0  # the largest step it shared
+    compute_s: float = 0.0  # admission to last audio
     code: str = "OK"
 
 
@@ -79,33 +80,27 @@ class _Batch:
 
 
 def group_batches(replies: Sequence[Reply]) -> list[_Batch]:
-    """Successful replies grouped into server batches, ordered by when each finished.
+    """Successful replies as units of completion, ordered by when each finished.
 
-    Every item of one batch carries the same (batch_size, compute_seconds) pair (one timer
-    reading), so the pair identifies the batch without any server-side id.
+    The scheduler batches continuously (chunks join and leave the running set between flow
+    steps), so requests complete one by one rather than in whole batches: each reply is its
+    own unit, done when its last audio arrived; `size` is the largest step it shared.
     """
-    groups: dict[tuple[int, float], _Batch] = {}
-    for r in replies:
-        if r.code != "OK" or r.first_chunk is None:
-            continue
-        key = (r.batch_size, r.compute_s)
-        b = groups.get(key)
-        if b is None:
-            groups[key] = _Batch(r.first_chunk, r.batch_size, r.audio_s, 1)
-        else:
-            b.done = min(b.done, r.first_chunk)
-            b.audio_s += r.audio_s
-            b.items += 1
-    return sorted(groups.values(), key=lambda b: b.done)
+    done = [
+        _Batch(r.end, r.batch_size, r.audio_s, 1)
+        for r in replies
+        if r.code == "OK" and r.first_chunk is not None
+    ]
+    return sorted(done, key=lambda b: b.done)
 
 
 def throughput(replies: Sequence[Reply], t0: float, t1: float) -> tuple[float | None, float, float]:
     """Audio seconds per wall second over [t0, t1]: (rtf, audio counted, span).
 
-    Completions come in bursts, one per batch; counting the audio that happens to land in a
-    fixed window would be off by up to one whole batch. Instead the estimate runs from the
-    first batch that finished in the window to the last one, and counts the audio of the
-    batches after the first: whole batches over the time they took, overhead included.
+    Counting the audio that happens to land in a fixed window would be off by up to one
+    request. Instead the estimate runs from the first completion in the window to the last
+    one, and counts the audio of the completions after the first: whole requests over the
+    time they took, overhead included.
     """
     done = [b for b in group_batches(replies) if t0 <= b.done <= t1]
     if len(done) < 2:
@@ -126,7 +121,7 @@ def summarize(
 ) -> ServingRow:
     """One ServingRow from the raw replies of a window and the metrics delta around it."""
     rtf, audio, span = throughput(replies, t0, t1)
-    in_window = [r for r in replies if r.first_chunk is not None and t0 <= r.first_chunk <= t1]
+    in_window = [r for r in replies if r.first_chunk is not None and t0 <= r.end <= t1]
     batches = [b for b in group_batches(replies) if t0 <= b.done <= t1]
     errors = sum(1 for r in replies if r.code != "OK" and t0 <= r.end <= t1)
     avg_metrics = server_delta.get("avg_batch_size") if server_delta else None
@@ -210,6 +205,8 @@ async def _client(
             language="en",
             steps=cfg.steps,
             audio_config=tts_pb2.AudioConfig(encoding=tts_pb2.LINEAR16),
+            # One chunk per request, as the engine phase synthesizes each text whole.
+            chunking=tts_pb2.ChunkingConfig(max_chunk_chars=300, first_chunk_chars=300),
         )
         k += clients
         rec = Reply(start=time.monotonic())
@@ -219,9 +216,9 @@ async def _client(
                 if message.WhichOneof("event") == "chunk":
                     if rec.first_chunk is None:
                         rec.first_chunk = time.monotonic()
-                        rec.batch_size = message.chunk.timings.batch_size
-                        rec.compute_s = message.chunk.timings.compute_seconds
-                    rec.chunks += 1
+                    rec.batch_size = max(rec.batch_size, message.chunk.timings.batch_size)
+                    rec.compute_s = message.chunk.timings.compute_seconds
+                    rec.chunks += message.chunk.last_piece
                     rec.audio_s += message.chunk.duration_seconds
         except grpc.aio.AioRpcError as exc:
             rec.code = exc.code().name
@@ -265,6 +262,8 @@ async def _serve_one(
     server_args = [
         "--max-batch", str(batch_size),
         "--max-wait-ms", str(MAX_WAIT_MS),
+        # The same batch as the engine phase: no step budget below B ~100-character chunks.
+        "--max-batch-tokens", "100000",
         "--default-steps", str(cfg.steps),
         "--device", cfg.device,
         "--model-dir", model_dir,
@@ -316,7 +315,7 @@ def render_serving(rows: Sequence[ServingRow], cfg: dict[str, Any]) -> list[str]
         f"--default-steps {cfg.get('steps')}`, eager; 2B+2 clients unless set, each sending "
         f"one ~100-character chunk per request back to back; {cfg.get('warmup_s'):g} s "
         f"warm-up, then {cfg.get('seconds'):g} s measured",
-        "- server RTF: audio of whole batches finished in the window / the wall time they "
+        "- server RTF: audio of whole requests finished in the window / the wall time they "
         "took; engine RTF: the eager engine table above (same run, same batch size)",
         "",
         "| B | clients | batches | engine RTF | server RTF | server / engine | "

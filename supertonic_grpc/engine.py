@@ -61,6 +61,8 @@ class Utterance:
     speed: float = DEFAULT_SPEED
     steps: int = DEFAULT_STEPS
     seed: int = 0
+    # Silence before the speech: the pause at the join with the previous chunk.
+    lead_silence_s: float = 0.0
 
     def validate(self) -> None:
         """Raise InvalidUtterance naming the first bad setting."""
@@ -72,6 +74,8 @@ class Utterance:
             raise InvalidUtterance(f"speed: {self.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
         if not (isinstance(self.steps, int) and MIN_STEPS <= self.steps <= MAX_STEPS):
             raise InvalidUtterance(f"steps: {self.steps} is not in {MIN_STEPS}..{MAX_STEPS}")
+        if not (math.isfinite(self.lead_silence_s) and 0.0 <= self.lead_silence_s <= 2.0):
+            raise InvalidUtterance(f"lead_silence_s: {self.lead_silence_s} is not in 0..2")
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Flight:
     latent: torch.Tensor = field(repr=False)  # [1, C, frames]
     step: int = 0
     vocoded_frames: int = 0
+    lead_samples: int = 0  # silence put before the first piece (not in `samples`)
 
     @property
     def denoised(self) -> bool:
@@ -343,6 +348,7 @@ class Engine:
                     text_emb=text_emb[i : i + 1, :, : lengths[i]].clone(),
                     style_ttl=style_ttl[i : i + 1],
                     latent=noise.to(dev, dt),
+                    lead_samples=round(u.lead_silence_s * self.sample_rate),
                 )
             )
         return flights
@@ -407,7 +413,9 @@ class Engine:
             stop = min(f.samples, end * self.frame_samples) - lo * self.frame_samples
             pieces_out.append(w[first : max(first, stop)])
         out = to_host(pieces_out)  # one device-to-host copy for the whole batch
-        for f, _, _, end in windows:
+        for i, (f, _, start, end) in enumerate(windows):
+            if start == 0 and f.lead_samples:
+                out[i] = np.concatenate([np.zeros(f.lead_samples, np.float32), out[i]])
             f.vocoded_frames = end
         return out
 

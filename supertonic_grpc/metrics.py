@@ -94,9 +94,14 @@ class Metrics:
         self.queue_depth = Gauge(
             name("queue_depth"), "Chunks waiting for the model.", ["priority"], registry=reg
         )
+        self.running_chunks = Gauge(
+            name("running_chunks"),
+            "Chunks admitted into the engine and not yet fully vocoded (the running set).",
+            registry=reg,
+        )
         self.batch_size = Histogram(
             name("batch_size"),
-            "Chunks per model batch.",
+            "Chunks per model batch (per flow step).",
             buckets=BATCH_SIZE_BUCKETS,
             registry=reg,
         )

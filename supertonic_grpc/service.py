@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -41,6 +42,10 @@ from supertonic_grpc.validation import (
 from supertonic_grpc.voices import VoiceBank
 
 log = logging.getLogger(__name__)
+
+# No stream message carries more audio than this: every gRPC client's default receive
+# limit is 4 MiB, and small messages keep a slow network's latency per message low.
+MAX_MESSAGE_AUDIO_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,15 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         )
 
     def _chunk_message(
-        self, plan: Plan, k: int, result: JobResult, payload: bytes, offset: float
+        self,
+        plan: Plan,
+        k: int,
+        result: JobResult,
+        payload: bytes,
+        offset: float,
+        seconds: float | None = None,
+        piece: int = 0,
+        last_piece: bool = True,
     ) -> tts_pb2.AudioChunk:
         c = plan.chunks[k].text
         return tts_pb2.AudioChunk(
@@ -183,18 +196,23 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             text_start=c.start,
             text_end=c.end,
             audio_offset_seconds=offset,
-            duration_seconds=result.synthesized.duration_s,
-            piece=0,
-            last_piece=True,
+            duration_seconds=result.synthesized.duration_s if seconds is None else seconds,
+            piece=piece,
+            last_piece=last_piece,
             timings=tts_pb2.ChunkTimings(
                 queue_seconds=result.queue_s,
                 compute_seconds=result.compute_s,
                 batch_size=result.batch_size,
             ),
-            words=_word_timings(c, result.synthesized.duration_s, offset)
-            if plan.word_timings
-            else (),
+            words=self._words(plan, k, result, offset) if plan.word_timings and piece == 0 else (),
         )
+
+    def _words(self, plan: Plan, k: int, result: JobResult, offset: float) -> list[Any]:
+        """A chunk's words, on its first piece: over the chunk's whole speech, which starts
+        after the pause that joins it to the previous chunk."""
+        lead = plan.chunks[k].utterance.lead_silence_s
+        speech = result.chunk_seconds or result.synthesized.duration_s - lead
+        return _word_timings(plan.chunks[k].text, speech, offset + lead)
 
     def _summary(
         self,
@@ -232,7 +250,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         self, request: tts_pb2.SynthesizeRequest, call: Call
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         plan = self._plan(request, streaming=True)
-        stream = ChunkStream(self.scheduler, plan, call.started, next(self._ids))
+        stream = ChunkStream(self.scheduler, plan, call.started, next(self._ids), pieces=True)
         try:
             stream.submit_next(None)
             async for message in self._stream(stream, call.context):
@@ -243,6 +261,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
     async def _stream(
         self, stream: ChunkStream, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        """Each chunk's pieces as they are vocoded, split so no message carries more than
+        `MAX_MESSAGE_AUDIO_BYTES`. Durations and offsets are per message, from the samples
+        actually sent, so concatenating every message's audio gives the whole clip."""
         plan = stream.plan
         clock = PlaybackClock()
         resampler = (
@@ -252,32 +273,49 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         )
         for _ in range(self.settings.lookahead_chunks - 1):
             stream.submit_next(clock)
-        offset = ttfa = queue_s = compute_s = 0.0
+        per_message = MAX_MESSAGE_AUDIO_BYTES // audio.bytes_per_sample(plan.encoding)
+        offset = queue_s = compute_s = 0.0
+        ttfa: float | None = None
+        last_chunk = len(plan.chunks) - 1
         for k in range(len(plan.chunks)):
+            piece = 0
             try:
-                result = await stream.futures[k]
+                async for result in stream.pieces(k):
+                    samples = result.synthesized.audio
+                    if resampler is not None:
+                        samples = resampler.process(samples)
+                        if k == last_chunk and result.last_piece:
+                            samples = np.concatenate([samples, resampler.flush()])
+                    parts = max(1, -(-len(samples) // per_message))
+                    for i in range(parts):
+                        part = samples[i * per_message : (i + 1) * per_message]
+                        seconds = len(part) / plan.sample_rate
+                        payload = audio.encode(part, plan.encoding, plan.sample_rate)
+                        last = result.last_piece and i == parts - 1
+                        message = self._chunk_message(
+                            plan, k, result, payload, offset, seconds, piece, last
+                        )
+                        yield tts_pb2.SynthesizeResponse(chunk=message)
+                        if ttfa is None:
+                            ttfa = time.monotonic() - stream.started
+                            self.metrics.time_to_first_audio_seconds.labels("Synthesize").observe(
+                                ttfa
+                            )
+                        # Gaps are counted from when the audio was ready, not when the
+                        # client took it: a slow reader is back-pressure, not a gap.
+                        self.metrics.observe_playback(clock.on_chunk_sent(result.ready, seconds))
+                        offset += seconds
+                        piece += 1
+                    if result.last_piece:
+                        queue_s += result.queue_s
+                        compute_s += result.compute_s
+            except RequestError:
+                raise
             except Exception as exc:
                 raise RequestError(*_status_for(exc)) from exc
-            samples = result.synthesized.audio
-            if resampler is not None:
-                tail = k == len(plan.chunks) - 1
-                samples = resampler.process(samples)
-                if tail:
-                    samples = np.concatenate([samples, resampler.flush()])
-            payload = audio.encode(samples, plan.encoding, plan.sample_rate)
-            message = self._chunk_message(plan, k, result, payload, offset)
-            yield tts_pb2.SynthesizeResponse(chunk=message)
-            now = time.monotonic()
-            if k == 0:
-                ttfa = now - stream.started
-                self.metrics.time_to_first_audio_seconds.labels("Synthesize").observe(ttfa)
-            self.metrics.observe_playback(clock.on_chunk_sent(now, result.synthesized.duration_s))
-            offset += result.synthesized.duration_s
-            queue_s += result.queue_s
-            compute_s += result.compute_s
             stream.submit_next(clock)
         summary = self._summary(
-            plan, len(plan.chunks), offset, ttfa, stream.started, queue_s, compute_s
+            plan, len(plan.chunks), offset, ttfa or 0.0, stream.started, queue_s, compute_s
         )
         yield tts_pb2.SynthesizeResponse(summary=summary)
 

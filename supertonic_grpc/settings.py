@@ -46,7 +46,11 @@ class Settings:
     )
     max_batch: int = field(default=0, metadata={"help": "chunks per batch (0: 32 GPU, 8 CPU)"})
     max_batch_tokens: int = field(
-        default=0, metadata={"help": "text tokens per batch (0: 600 CPU, unbounded GPU)"}
+        default=0,
+        metadata={
+            "help": "padded latent frames (~ text tokens) per flow step (0: 300 CPU, unbounded "
+            "GPU): bounds one step, so how long a new listener waits for the step in flight"
+        },
     )
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
@@ -85,7 +89,9 @@ class Settings:
     )
     max_text_chars: int = field(default=5000, metadata={"help": "longest request text"})
     max_chunk_chars: int = field(default=300, metadata={"help": "default longest chunk"})
-    first_chunk_chars: int = field(default=100, metadata={"help": "default longest 1st chunk"})
+    first_chunk_chars: int = field(
+        default=60, metadata={"help": "default longest 1st chunk (short: fast first audio)"}
+    )
     chunk_growth: float = field(
         default=2.0, metadata={"help": "each chunk's length limit vs the previous one's"}
     )
@@ -178,7 +184,7 @@ class Settings:
         its size, so the budget keeps any one batch to a couple of seconds."""
         if self.max_batch_tokens > 0:
             return self.max_batch_tokens
-        return 1_000_000 if device_type == "cuda" else 600
+        return 1_000_000 if device_type == "cuda" else 300
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""

@@ -142,6 +142,40 @@ def _output_format(req: tts_pb2.SynthesizeRequest, streaming: bool) -> tuple[aud
     return enc, rate
 
 
+# The slowest plausible speaking rate (characters per second at speed 1.0) and the longest
+# audio a chunk may have: well inside the latent's 1000 frames (3072 samples at 44.1 kHz,
+# ≈ 69.7 s), and short enough that one flow step over one chunk stays short, since a new
+# listener waits for the step in flight.
+SLOWEST_CHARS_PER_SECOND = {"ko": 4.0}
+SLOWEST_DEFAULT_CHARS_PER_SECOND = 10.0
+MAX_CHUNK_AUDIO_SECONDS = 30.0
+
+
+# The pause a speaker makes where one chunk ends and the next begins, by how the previous
+# chunk ends: after a sentence, as the published pipeline (0.3 s); after a clause, a
+# shorter breath; none inside a clause (a chunk cut at a word must not stop the voice).
+SENTENCE_PAUSE_S, CLAUSE_PAUSE_S = 0.3, 0.15
+_SENTENCE_END = ".!?…。！？"
+_CLAUSE_END = ",;:、，；：—–"
+_CLOSING = "\"'”’)]»」』"
+
+
+def join_pause_seconds(previous: str, speed: float) -> float:
+    """Silence before a chunk, from the end of the chunk before it (slower speech, longer)."""
+    end = previous.rstrip().rstrip(_CLOSING)[-1:]
+    if end and end in _SENTENCE_END:
+        return SENTENCE_PAUSE_S / speed
+    if end and end in _CLAUSE_END:
+        return CLAUSE_PAUSE_S / speed
+    return 0.0
+
+
+def fitting_chunk_chars(language: str, speed: float) -> int:
+    """The longest chunk, in characters, whose audio surely fits one latent."""
+    rate = SLOWEST_CHARS_PER_SECOND.get(language, SLOWEST_DEFAULT_CHARS_PER_SECOND)
+    return max(FIRST_CHUNK_CHARS_RANGE[0], int(MAX_CHUNK_AUDIO_SECONDS * rate * speed))
+
+
 def _chunk_limits(req: tts_pb2.SynthesizeRequest, settings: Settings) -> tuple[int, int]:
     max_chars = req.chunking.max_chunk_chars or settings.max_chunk_chars
     _check_range("chunking.max_chunk_chars", max_chars, MAX_CHUNK_CHARS_RANGE)
@@ -178,6 +212,10 @@ def plan_voicing(
         _check_range("steps", steps, (MIN_STEPS, MAX_STEPS))
         encoding, rate = _output_format(req, streaming)
         max_chars, first_chars = _chunk_limits(req, settings)
+        # A chunk's latent must fit the model's frames, or its audio would be squeezed or
+        # cut: slow speech gets smaller chunks (split further, never refused).
+        fit = fitting_chunk_chars(language, speed)
+        max_chars, first_chars = min(max_chars, fit), min(first_chars, fit)
     except RequestError as err:
         raise RequestError(err.code, prefix + err.message) from None
     seed = req.seed if req.HasField("seed") else secrets.randbits(63)
@@ -223,7 +261,8 @@ def plan_chunks(
                 f"a chunk has {len(ids)} tokens, at most {MAX_POSITIONS}; use smaller chunks",
             )
         seed = (voicing.seed + first_index + len(planned)) % 2**63
-        utt = Utterance(ids, voicing.voice, voicing.speed, voicing.steps, seed)
+        pause = join_pause_seconds(planned[-1].text.text, voicing.speed) if planned else 0.0
+        utt = Utterance(ids, voicing.voice, voicing.speed, voicing.steps, seed, pause)
         if offset:
             chunk = TextChunk(chunk.text, chunk.start + offset, chunk.end + offset)
         planned.append(PlannedChunk(chunk, utt))

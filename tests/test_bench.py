@@ -46,29 +46,33 @@ def _parse(*argv: str) -> argparse.Namespace:
 # --- batches and throughput ---------------------------------------------------------------
 
 
-def test_group_batches_uses_size_and_compute_time_as_the_batch_key() -> None:
-    replies = _batch(10.0, 4, 2.01) + _batch(12.0, 4, 1.99) + _batch(14.0, 2, 2.01)
+def test_replies_are_units_of_completion_ordered_by_their_end() -> None:
+    # Continuous batching: requests finish one by one, not in whole batches.
+    replies = _batch(10.0, 4, 2.01) + _batch(12.0, 2, 1.99)
     failed = Reply(start=9.0, end=9.5, code="UNAVAILABLE")
     groups = group_batches([*reversed(replies), failed])
-    assert [(g.size, g.items) for g in groups] == [(4, 4), (4, 4), (2, 2)]
-    assert [g.done for g in groups] == pytest.approx([10.0, 12.0, 14.0])
-    assert groups[0].audio_s == pytest.approx(20.0)
+    assert [g.size for g in groups] == [4, 4, 4, 4, 2, 2]
+    assert [g.done for g in groups] == pytest.approx(sorted(r.end for r in replies))
+    assert all(g.audio_s == pytest.approx(5.0) for g in groups)
 
 
-def test_throughput_counts_whole_batches_between_first_and_last() -> None:
-    # Batches of 4 x 5 s audio every 2 s: 10x real time, whatever the window edges.
-    replies = [r for k in range(6) for r in _batch(1.0 + 2.0 * k, 4, 2.0 + k / 1000)]
-    rtf, audio, span = throughput(replies, t0=0.5, t1=10.5)
-    # Finished in the window at 1, 3, 5, 7, 9: four batches after the first, over 8 s.
-    assert span == pytest.approx(8.0)
-    assert audio == pytest.approx(80.0)
+def test_throughput_counts_completions_between_first_and_last() -> None:
+    # One 5 s reply finishing every 0.5 s: 10x real time, whatever the window edges.
+    replies = [
+        Reply(start=t - 2.0, end=t, first_chunk=t - 0.5, audio_s=5.0, chunks=1, batch_size=4)
+        for t in (0.25 + 0.5 * k for k in range(30))
+    ]
+    rtf, audio, span = throughput(replies, t0=1.0, t1=11.0)
+    # Finished in the window at 1.25 .. 10.75: 19 replies after the first, over 9.5 s.
+    assert span == pytest.approx(9.5)
+    assert audio == pytest.approx(95.0)
     assert rtf == pytest.approx(10.0)
 
 
-def test_throughput_needs_two_batches() -> None:
-    rtf, audio, _ = throughput(_batch(1.0, 2, 0.5), t0=0.0, t1=5.0)
+def test_throughput_needs_two_completions() -> None:
+    rtf, audio, _ = throughput(_batch(1.0, 1, 0.5), t0=0.0, t1=5.0)
     assert rtf is None
-    assert audio == pytest.approx(10.0)
+    assert audio == pytest.approx(5.0)
 
 
 def test_serving_ratio() -> None:
@@ -83,7 +87,10 @@ def test_default_clients_keep_a_full_batch_waiting() -> None:
 
 
 def test_summarize_saturated_window() -> None:
-    replies = [r for k in range(5) for r in _batch(1.0 + 2.0 * k, 4, 2.0 + k / 1000)]
+    replies = [
+        Reply(start=t - 2.0, end=t, first_chunk=t - 0.5, audio_s=5.0, chunks=1, batch_size=4)
+        for t in (0.25 + 0.5 * k for k in range(20))
+    ]
     delta = {"avg_batch_size": 3.9, "batches": 5.0}
     row = summarize(4, 10, replies, 0.0, 10.0, engine_rtf=12.5, server_delta=delta)
     assert row.server_rtf == pytest.approx(10.0)
@@ -91,7 +98,7 @@ def test_summarize_saturated_window() -> None:
     assert row.saturated
     assert row.avg_batch_metrics == pytest.approx(3.9)
     assert row.avg_batch_replies == pytest.approx(4.0)
-    assert row.batches == 5
+    assert row.batches == 20
     assert row.requests == 20
     assert row.chunks_per_request == pytest.approx(1.0)
     assert row.note == ""

@@ -106,7 +106,8 @@ def test_say_without_text_fails_with_one_line(say_binary: Path) -> None:
 
 @dataclass
 class _FakeTTS(tts_pb2_grpc.TextToSpeechServicer):
-    """Streams a known tone in a few chunks, or rejects the request like the server would."""
+    """Streams a known tone in a few chunks of two pieces each, or rejects the request like
+    the server would."""
 
     sample_rate: int = 44100
     chunk_samples: tuple[int, ...] = (441, 882, 1323)
@@ -128,15 +129,20 @@ class _FakeTTS(tts_pb2_grpc.TextToSpeechServicer):
             ]
             pcm = struct.pack(f"<{n}h", *samples)
             self.sent_pcm += pcm
-            yield tts_pb2.SynthesizeResponse(
-                chunk=tts_pb2.AudioChunk(
-                    index=index,
-                    audio=pcm,
-                    encoding=tts_pb2.LINEAR16,
-                    sample_rate_hz=self.sample_rate,
-                    duration_seconds=n / self.sample_rate,
+            # Each chunk in two pieces, as the server sends a first piece early.
+            half = (n // 2) * 2
+            for piece, part in enumerate((pcm[:half], pcm[half:])):
+                yield tts_pb2.SynthesizeResponse(
+                    chunk=tts_pb2.AudioChunk(
+                        index=index,
+                        audio=part,
+                        encoding=tts_pb2.LINEAR16,
+                        sample_rate_hz=self.sample_rate,
+                        duration_seconds=len(part) / 2 / self.sample_rate,
+                        piece=piece,
+                        last_piece=piece == 1,
+                    )
                 )
-            )
             offset += n
         yield tts_pb2.SynthesizeResponse(
             summary=tts_pb2.SynthesizeSummary(

@@ -79,7 +79,7 @@ def test_the_python_client_with_certificate_and_key_is_served(secure_server, cer
     with client(secure_server, certs) as tts:
         clip = tts.synthesize("Hello over TLS.", steps=1)
         assert clip.summary.audio_seconds > 0
-        assert {c.index for c in tts.stream("Streamed over TLS.", steps=1)} == {0}
+        assert {c.index for c in tts.stream("Streamed over TLS.", steps=1)} == {0}  # pieces
         with tts.streaming(steps=1) as speech:  # StreamingSynthesize carries the key too
             speech.send("Text in over TLS.")
         assert [c.text for c in speech] == ["Text in over TLS."]
@@ -140,7 +140,6 @@ def test_the_metrics_port_has_the_same_tls_and_keys(secure_server, certs) -> Non
         assert reply.status == 200
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(base + "/metrics", context=ctx, timeout=10)
-    exc.value.close()
     assert exc.value.code == 401
     req = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
     with urllib.request.urlopen(req, context=ctx, timeout=10) as reply:

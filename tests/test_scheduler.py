@@ -1,225 +1,346 @@
-"""Scheduler decisions with a fake engine and a fake clock: exact batches, no model."""
+"""The step-level scheduler with a fake engine and a fake clock: exact schedules, no model."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
-import numpy as np
 import pytest
 
-from supertonic_grpc.engine import EngineError, Synthesized, Utterance
+from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, EngineError
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.scheduler import (
-    Job,
+    EngineShortfall,
     JobResult,
+    Limits,
     Priority,
     QueueFull,
     Scheduler,
     SchedulerStopped,
     Ticket,
 )
-from supertonic_grpc.voices import demo_voice
+from supertonic_grpc.settings import Settings
+from supertonic_grpc.validation import fitting_chunk_chars
+from tests.fake_engine import FakeClock, FakeEngine, job
 
-VOICE = demo_voice("M1")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeEngine:
-    """Records every batch; each item's audio is its token count, so results are checkable."""
-
-    def __init__(self, fail_on: int | None = None, cost: float = 0.0, clock=None) -> None:
-        self.batches: list[list[Utterance]] = []
-        self.fail_on = fail_on
-        self.cost = cost
-        self.clock = clock
-
-    def synthesize(self, items: Sequence[Utterance]) -> list[Synthesized]:
-        self.batches.append(list(items))
-        if self.clock is not None:
-            self.clock.now += self.cost
-        if self.fail_on is not None and len(self.batches) - 1 == self.fail_on:
-            raise EngineError("boom")
-        return [Synthesized(np.zeros(len(u.token_ids), np.float32), 0.5) for u in items]
-
-
-def make_job(
-    ticket: Ticket, priority: Priority, deadline: float, outcomes: list, n_tokens: int = 5
-) -> Job:
-    return Job(
-        utterance=Utterance([1] * n_tokens, VOICE, steps=2),
-        priority=priority,
-        deadline=deadline,
-        ticket=ticket,
-        on_done=outcomes.append,
-    )
+HIGH, NORMAL = Priority.HIGH, Priority.NORMAL
 
 
 def started(scheduler: Scheduler) -> Scheduler:
-    # The tests drive `step(block=False)` by hand; `_running` only gates `submit`.
-    scheduler._running = True
+    # The tests drive `step(block=False)` by hand; the flag only gates `submit`.
+    scheduler._running_flag = True
     return scheduler
 
 
-def test_first_chunk_goes_ahead_of_a_saturated_queue_of_later_chunks() -> None:
+def run(s: Scheduler, limit: int = 200) -> list:
+    ticks = []
+    while (d := s.step(block=False)) is not None:
+        ticks.append(d)
+        assert len(ticks) < limit
+    return ticks
+
+
+def results(out: list, ticket: Ticket | None = None) -> list[JobResult]:
+    return [o for o in out if isinstance(o, JobResult)]
+
+
+def test_a_tick_admits_steps_and_vocodes_a_chunk_in_pieces() -> None:
     clock = FakeClock()
-    engine = FakeEngine()
-    s = started(Scheduler(engine, max_batch=4, max_wait_s=0, clock=clock))
+    s = started(Scheduler(FakeEngine(clock), clock=clock))
     out: list = []
-    running = [Ticket(i) for i in range(1, 7)]
-    for t in running:  # later chunks with comfortable deadlines
-        s.submit(make_job(t, Priority.NORMAL, clock.now + 60, out))
-    newcomer = Ticket(99)
-    s.submit(make_job(newcomer, Priority.HIGH, clock.now, out))
-
-    first = s.step(block=False)
-    assert first is not None
-    assert first.request_ids == (99,)
-    assert first.priorities == (Priority.HIGH,)
-    second = s.step(block=False)
-    assert second is not None and second.request_ids == (1, 2, 3, 4)
-    third = s.step(block=False)
-    assert third is not None and third.request_ids == (5, 6)
-    assert [len(b) for b in engine.batches] == [1, 4, 2]
+    s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=25, steps=2))
+    ticks = run(s)
+    assert [t.admitted for t in ticks] == [((1, 0),), ()]
+    assert [t.stepped for t in ticks] == [((1, 0, 0),), ((1, 0, 1),)]
+    # First piece right after the last step (10 frames, ~0.7 s), handed over, then the rest.
+    assert [t.vocoded for t in ticks] == [(), ((1, 0, 0), (1, 0, 1))]
+    assert [(r.piece, r.last_piece, len(r.synthesized.audio)) for r in results(out)] == [
+        (0, False, 100),
+        (1, True, 150),
+    ]
+    assert s.queued() == 0
 
 
-def test_high_jobs_are_served_oldest_first_and_normal_jobs_by_deadline() -> None:
+def test_a_job_without_pieces_gets_its_whole_chunk_once() -> None:
     clock = FakeClock()
-    s = started(Scheduler(FakeEngine(), max_batch=8, max_wait_s=0, clock=clock))
+    s = started(Scheduler(FakeEngine(clock), clock=clock))
     out: list = []
-    for rid, deadline in ((1, 50.0), (2, 10.0), (3, 30.0)):
-        s.submit(make_job(Ticket(rid), Priority.NORMAL, clock.now + deadline, out))
-    for rid in (10, 11):
-        s.submit(make_job(Ticket(rid), Priority.HIGH, clock.now, out))
+    s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=90, steps=1, pieces=False))
+    run(s)
+    (only,) = results(out)
+    assert only.last_piece and len(only.synthesized.audio) == 900
+
+
+def test_a_newcomer_starts_at_the_next_step_while_long_chunks_are_mid_flight() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock, step_cost=0.001), max_batch=8, clock=clock))
+    out: list = []
+    for rid in (1, 2):  # later chunks of running streams, plenty of slack
+        s.submit(job(Ticket(rid), NORMAL, clock.now + 60, out, tokens=80, steps=10, index=1))
+    run_for = [s.step(block=False) for _ in range(3)]
+    assert [t.request_ids for t in run_for] == [(1, 2)] * 3
+    s.submit(job(Ticket(9), HIGH, clock.now, out, tokens=20, steps=2))
+    a, b, c = (s.step(block=False) for _ in range(3))
+    # The newcomer is admitted at the next tick and steps alone until its first piece.
+    assert a.admitted == ((9, 0),) and a.stepped == ((9, 0, 0),)
+    assert b.stepped == ((9, 0, 1),) and b.vocoded == ((9, 0, 0), (9, 0, 1))
+    # Then the long chunks resume exactly where they were.
+    assert c.stepped == ((1, 1, 3), (2, 1, 3))
+
+
+def test_later_chunks_step_in_deadline_order_when_rows_are_scarce() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock), max_batch=1, clock=clock))
+    out: list = []
+    for rid, slack in ((1, 50.0), (2, 10.0), (3, 30.0)):
+        s.submit(job(Ticket(rid), NORMAL, clock.now + slack, out, steps=1))
+    stepped = [t.request_ids for t in run(s) if t.stepped]
+    assert stepped == [(2,), (3,), (1,)]
+
+
+def test_first_chunks_are_admitted_oldest_first() -> None:
+    clock = FakeClock()
+    limits = Limits(max_batch=2, max_running=2)
+    s = started(Scheduler(FakeEngine(clock), clock=clock, limits=limits))
+    out: list = []
+    for rid in (10, 11, 12):
+        s.submit(job(Ticket(rid), HIGH, clock.now, out, steps=1))
         clock.now += 0.001
-    assert s.step(block=False).request_ids == (10, 11)
-    assert s.step(block=False).request_ids == (2, 3, 1)
+    first = s.step(block=False)
+    assert first.admitted == ((10, 0), (11, 0))
+    assert s.step(block=False).admitted == ((12, 0),)
 
 
-def test_urgent_later_chunk_is_promoted_ahead_of_first_chunks() -> None:
+def test_an_expensive_first_chunk_does_not_hold_a_cheap_one_behind_it() -> None:
     clock = FakeClock()
-    s = started(Scheduler(FakeEngine(), max_batch=2, max_wait_s=0, clock=clock))
+    s = started(Scheduler(FakeEngine(clock), max_batch_tokens=300, clock=clock))
     out: list = []
-    s.submit(make_job(Ticket(1), Priority.HIGH, clock.now, out))
-    s.submit(make_job(Ticket(2), Priority.NORMAL, clock.now + 0.05, out))  # about to run dry
-    s.submit(make_job(Ticket(3), Priority.NORMAL, clock.now + 60, out))
-    decision = s.step(block=False)
-    assert decision.request_ids == (2, 1)
-    assert decision.urgent == 1
-    assert s.step(block=False).request_ids == (3,)
-
-
-def test_mixing_fills_a_first_chunk_batch_with_later_chunks_only_when_enabled() -> None:
-    for mix, expected in ((False, [(1,), (2, 3)]), (True, [(1, 2, 3)])):
-        clock = FakeClock()
-        s = started(
-            Scheduler(FakeEngine(), max_batch=4, max_wait_s=0, clock=clock, mix_priorities=mix)
-        )
-        out: list = []
-        s.submit(make_job(Ticket(1), Priority.HIGH, clock.now, out))
-        s.submit(make_job(Ticket(2), Priority.NORMAL, clock.now + 30, out))
-        s.submit(make_job(Ticket(3), Priority.NORMAL, clock.now + 40, out))
-        got = []
-        while (d := s.step(block=False)) is not None:
-            got.append(d.request_ids)
-        assert got == expected
-
-
-def test_cancelled_request_leaves_no_queued_work_and_never_reaches_the_engine() -> None:
-    clock = FakeClock()
-    engine = FakeEngine()
-    s = started(Scheduler(engine, max_batch=8, max_wait_s=0, clock=clock))
-    out: list = []
-    gone, stays = Ticket(1), Ticket(2)
-    for _ in range(3):
-        s.submit(make_job(gone, Priority.NORMAL, clock.now + 5, out))
-    s.submit(make_job(stays, Priority.NORMAL, clock.now + 5, out))
-    assert s.queued_for(gone) == 3
-    assert s.cancel(gone) == 3
-    assert s.queued_for(gone) == 0
-    assert s.queued() == 1
+    for rid in (1, 2):  # 50-step first chunks of slow speech, earlier
+        s.submit(job(Ticket(rid), HIGH, clock.now, out, tokens=150, steps=50))
     s.step(block=False)
-    assert [u for b in engine.batches for u in b] == [engine.batches[0][0]]
-    assert len(out) == 1 and isinstance(out[0], JobResult)
+    s.submit(job(Ticket(9), HIGH, clock.now, out, tokens=40, steps=5))
+    ticks = [s.step(block=False) for _ in range(5)]
+    assert all(9 in t.request_ids for t in ticks)  # least remaining work first: never waits
+    assert any(isinstance(o, JobResult) and o.piece == 0 for o in out)
 
 
-def test_a_ticket_cancelled_without_cancel_call_is_dropped_at_selection() -> None:
+def test_mixed_step_counts_share_steps_and_leave_when_done() -> None:
     clock = FakeClock()
-    engine = FakeEngine()
-    s = started(Scheduler(engine, max_batch=8, max_wait_s=0, clock=clock))
+    s = started(Scheduler(FakeEngine(clock), clock=clock))
+    out: list = []
+    s.submit(job(Ticket(1), NORMAL, clock.now + 60, out, tokens=5, steps=2))
+    s.submit(job(Ticket(2), NORMAL, clock.now + 60, out, tokens=5, steps=4))
+    ticks = run(s)
+    assert [t.stepped for t in ticks[:4]] == [
+        ((1, 0, 0), (2, 0, 0)),
+        ((1, 0, 1), (2, 0, 1)),
+        ((2, 0, 2),),
+        ((2, 0, 3),),
+    ]
+    assert ticks[1].vocoded == ((1, 0, 0),) and ticks[3].vocoded == ((2, 0, 0),)
+
+
+def test_cancel_between_steps_frees_the_slot_and_stops_the_cost() -> None:
+    clock = FakeClock()
+    limits = Limits(max_batch=1, max_running=1)
+    s = started(Scheduler(FakeEngine(clock), clock=clock, limits=limits))
+    out: list = []
+    gone, waiting = Ticket(1), Ticket(2)
+    s.submit(job(gone, NORMAL, clock.now + 60, out, tokens=10, steps=20))
+    s.submit(job(waiting, NORMAL, clock.now + 90, out, tokens=10, steps=1))
+    s.step(block=False)
+    s.step(block=False)
+    work = gone.work
+    assert work == 20 and waiting.work == 0  # the only slot is taken
+    s.cancel(gone)
+    nxt = s.step(block=False)
+    assert nxt.dropped == 1 and nxt.admitted == ((2, 0),) and nxt.request_ids == (2,)
+    run(s)
+    assert gone.work == work
+    assert s.queued_for(gone) == 0 and s.queued() == 0
+
+
+def test_a_ticket_cancelled_while_queued_never_reaches_the_engine() -> None:
+    clock = FakeClock()
+    engine = FakeEngine(clock)
+    s = started(Scheduler(engine, clock=clock))
     out: list = []
     t = Ticket(1)
-    s.submit(make_job(t, Priority.HIGH, clock.now, out))
+    s.submit(job(t, HIGH, clock.now, out))
     t.cancelled = True
     decision = s.step(block=False)
-    assert decision is not None and decision.dropped == 1 and decision.request_ids == ()
-    assert engine.batches == []
+    assert decision is not None and decision.dropped == 1 and decision.admitted == ()
+    assert engine.calls["admit"] == 0
 
 
-def test_model_failure_fails_only_its_batch_and_the_next_batch_succeeds() -> None:
+def test_an_engine_that_returns_too_few_results_fails_those_jobs() -> None:
+    for stage in ("admit", "step", "vocode"):
+        clock = FakeClock()
+        s = started(Scheduler(FakeEngine(clock, short=stage), clock=clock))
+        out: list = []
+        s.submit(job(Ticket(1), NORMAL, clock.now + 9, out, steps=1))
+        s.submit(job(Ticket(2), NORMAL, clock.now + 9, out, steps=1))
+        run(s)
+        assert s.queued() == 0, stage  # nobody is left waiting forever
+        assert any(isinstance(o, EngineShortfall) for o in out), stage
+
+
+def test_an_engine_that_raises_fails_only_the_items_of_that_call() -> None:
     clock = FakeClock()
-    s = started(Scheduler(FakeEngine(fail_on=0), max_batch=1, max_wait_s=0, clock=clock))
+    s = started(Scheduler(FakeEngine(clock, fail="step", fail_on=1), max_batch=1, clock=clock))
     out: list = []
-    s.submit(make_job(Ticket(1), Priority.HIGH, clock.now, out))
-    s.submit(make_job(Ticket(2), Priority.HIGH, clock.now, out))
+    s.submit(job(Ticket(1), NORMAL, clock.now + 1, out, steps=1))
+    s.submit(job(Ticket(2), NORMAL, clock.now + 2, out, steps=1))
+    ticks = run(s)
+    assert "boom" in ticks[1].error
+    assert isinstance(out[0], JobResult) and out[0].last_piece
+    assert isinstance(out[1], EngineError)
+    assert s.queued() == 0
+
+
+def test_a_hopeless_stream_does_not_take_the_step_from_one_that_can_be_saved() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock, step_cost=0.01), max_batch=1, clock=clock))
+    out: list = []
+    # Stream 1 is already 5 s behind; stream 2 runs dry in 0.2 s and can still make it.
+    s.submit(job(Ticket(1), NORMAL, clock.now - 5, out, tokens=10, steps=1))
+    s.submit(job(Ticket(2), NORMAL, clock.now + 0.2, out, tokens=10, steps=1))
     first = s.step(block=False)
-    second = s.step(block=False)
-    assert "boom" in first.error and second.error == ""
-    assert isinstance(out[0], EngineError)
-    assert isinstance(out[1], JobResult)
+    assert first.request_ids == (2,) and first.urgent == 1
+
+
+def test_first_chunk_bursts_yield_to_urgent_later_chunks_after_a_bound() -> None:
+    clock = FakeClock()
+    limits = Limits(max_batch=1, max_running=8, high_burst_s=0.05)
+    s = started(Scheduler(FakeEngine(clock, step_cost=0.001), clock=clock, limits=limits))
+    out: list = []
+    s.submit(job(Ticket(1), NORMAL, clock.now + 0.4, out, tokens=10, steps=5))
+    for rid in range(10, 16):  # a flood of newcomers
+        s.submit(job(Ticket(rid), HIGH, clock.now, out, tokens=10, steps=5))
+    ticks = [s.step(block=False) for _ in range(12)]
+    stepped = [t.request_ids[0] for t in ticks if t.stepped]
+    assert 1 in stepped  # the running stream got a step within the burst bound
+    assert stepped[0] == 10
+
+
+def test_fair_share_takes_one_chunk_per_request_before_a_second() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock), max_batch=2, clock=clock))
+    out: list = []
+    greedy, other = Ticket(1), Ticket(2)
+    s.submit(job(greedy, NORMAL, clock.now + 10, out, index=1, steps=3))
+    s.submit(job(greedy, NORMAL, clock.now + 11, out, index=2, steps=3))
+    s.submit(job(other, NORMAL, clock.now + 20, out, index=1, steps=3))
+    assert s.step(block=False).stepped == ((1, 1, 0), (2, 1, 0))
+
+
+def test_step_frame_budget_bounds_a_step_but_always_takes_one() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock), max_batch=8, max_batch_tokens=100, clock=clock))
+    out: list = []
+    for rid, tokens in ((1, 40), (2, 40), (3, 30), (4, 250)):
+        s.submit(job(Ticket(rid), NORMAL, clock.now + rid, out, tokens=tokens, steps=1))
+    first = s.step(block=False)
+    assert first.request_ids == (1, 2)  # 3 rows x 40 frames would exceed 100
+    ticks = run(s)
+    assert (4,) in [t.request_ids for t in ticks]  # alone over budget: still served
+
+
+def test_heavy_requests_do_not_delay_a_newcomers_first_audio_beyond_a_bound() -> None:
+    """Four maximum-cost requests (5000 chars, steps 50, speed 0.5) are running; a new
+    40-character request must get its first audio within 3x of what it gets on an idle
+    server. The heavy chunks are as long as validation allows at speed 0.5, with latents as
+    long as the demo speaking rate gives them."""
+    cost = dict(step_cost=5e-4, vocode_cost=1e-3, admit_cost=0.01)
+    chars = fitting_chunk_chars("en", 0.5)
+    frames = int(chars / DEMO_CHARS_PER_SECOND / 0.5 * 44100 / 3072)
+
+    def first_audio(heavy: int) -> float:
+        clock = FakeClock()
+        engine = FakeEngine(clock, **cost)
+        budget = Settings().resolved_max_batch_tokens("cpu")
+        s = started(Scheduler(engine, max_batch_tokens=budget, clock=clock))
+        out: list = []
+        for rid in range(1, heavy + 1):
+            t = Ticket(rid)
+            for k in (1, 2):  # lookahead 2; hopelessly behind or barely on time
+                s.submit(job(t, NORMAL, clock.now + k - 1, out, tokens=frames, steps=50, index=k))
+        for _ in range(7):
+            s.step(block=False)  # the heavy chunks are mid-flight
+        newcomer: list = []
+        submitted: list[float] = []
+
+        def arrive() -> None:  # mid-way through a heavy step: it waits for that tick
+            submitted.append(clock.now)
+            s.submit(job(Ticket(99), HIGH, clock.now, newcomer, tokens=49, steps=5))
+
+        if heavy:
+            engine.during_step = arrive
+        else:
+            arrive()
+        for _ in range(1000):
+            if newcomer:
+                break
+            s.step(block=False)
+        return clock.now - submitted[0]
+
+    idle = first_audio(0)
+    assert first_audio(4) <= 3 * idle
+
+
+def test_deadlines_follow_the_audio_actually_delivered() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock), clock=clock))
+    out: list = []
+    t = Ticket(1)
+    s.submit(job(t, HIGH, clock.now, out, tokens=30, steps=1))
+    s.step(block=False)  # first piece: 1 s of audio handed over now
+    nxt = job(t, NORMAL, clock.now + 99, out, tokens=10, index=1)
+    # Chunk 0 still owes 2 s after its first piece, so chunk 1 is due in 3 s, not 99.
+    assert s.policy.deadline(nxt, s._running) == pytest.approx(clock.now + 3.0)
 
 
 def test_queue_capacity_refuses_new_work_with_a_retry_hint_but_not_continuations() -> None:
     clock = FakeClock()
-    s = started(Scheduler(FakeEngine(), max_batch=1, max_queue=2, max_wait_s=0, clock=clock))
+    s = started(Scheduler(FakeEngine(clock), max_batch=1, max_queue=2, clock=clock))
     out: list = []
     t = Ticket(1)
-    s.submit(make_job(t, Priority.HIGH, clock.now, out))
-    s.submit(make_job(t, Priority.NORMAL, clock.now, out))
+    s.submit(job(t, HIGH, clock.now, out))
+    s.submit(job(t, NORMAL, clock.now, out, index=1))
     with pytest.raises(QueueFull) as exc:
-        s.submit(make_job(Ticket(2), Priority.HIGH, clock.now, out))
+        s.submit(job(Ticket(2), HIGH, clock.now, out))
     assert exc.value.retry_after_s > 0
-    s.submit(make_job(t, Priority.NORMAL, clock.now, out), force=True)
+    s.submit(job(t, NORMAL, clock.now, out, index=2), force=True)
     assert s.queued() == 3
 
 
 def test_results_carry_queue_wait_compute_time_and_batch_size() -> None:
     clock = FakeClock()
-    s = started(
-        Scheduler(FakeEngine(cost=0.25, clock=clock), max_batch=4, max_wait_s=0, clock=clock)
-    )
+    s = started(Scheduler(FakeEngine(clock, step_cost=0.01), max_batch=4, clock=clock))
     out: list = []
-    s.submit(make_job(Ticket(1), Priority.NORMAL, clock.now + 9, out, n_tokens=7))
+    s.submit(job(Ticket(1), NORMAL, clock.now + 9, out, tokens=5, steps=1))
     clock.now += 0.5
-    s.submit(make_job(Ticket(2), Priority.NORMAL, clock.now + 9, out, n_tokens=3))
+    s.submit(job(Ticket(2), NORMAL, clock.now + 9, out, tokens=5, steps=1))
     s.step(block=False)
-    assert [r.batch_size for r in out] == [2, 2]
-    assert [r.queue_s for r in out] == pytest.approx([0.5, 0.0])
-    assert [r.compute_s for r in out] == pytest.approx([0.25, 0.25])
-    assert [len(r.synthesized.audio) for r in out] == [7, 3]
+    assert [r.batch_size for r in results(out)] == [2, 2]
+    assert [r.queue_s for r in results(out)] == pytest.approx([0.5, 0.0])
+    assert [r.compute_s for r in results(out)] == pytest.approx([0.1, 0.1])
 
 
-def test_metrics_record_batches_depth_and_waits() -> None:
+def test_metrics_record_steps_depth_and_waits() -> None:
     clock = FakeClock()
     metrics = Metrics()
-    s = started(Scheduler(FakeEngine(), max_batch=4, max_wait_s=0, clock=clock, metrics=metrics))
+    s = started(Scheduler(FakeEngine(clock), max_batch=4, clock=clock, metrics=metrics))
     out: list = []
     for rid in range(3):
-        s.submit(make_job(Ticket(rid), Priority.NORMAL, clock.now + 9, out))
+        s.submit(job(Ticket(rid), NORMAL, clock.now + 9, out, steps=1))
     text = metrics.render().decode()
     assert 'supertonic_queue_depth{priority="normal"} 3.0' in text
-    s.step(block=False)
+    run(s)
     text = metrics.render().decode()
     assert 'supertonic_queue_depth{priority="normal"} 0.0' in text
     assert "supertonic_batch_size_sum 3.0" in text
     assert 'supertonic_chunks_total{priority="normal"} 3.0' in text
+    assert "supertonic_running_chunks 0.0" in text
 
 
 def test_thread_runs_jobs_and_calls_then_stop_fails_leftovers() -> None:
@@ -231,47 +352,27 @@ def test_thread_runs_jobs_and_calls_then_stop_fails_leftovers() -> None:
 
     def on_done(outcome: object) -> None:
         out.append(outcome)
-        done.set()
+        if isinstance(outcome, JobResult) and outcome.last_piece:
+            done.set()
 
-    job = make_job(Ticket(1), Priority.HIGH, 0.0, out)
-    job.on_done = on_done
-    s.submit(job)
+    j = job(Ticket(1), HIGH, 0.0, out)
+    j.on_done = on_done
+    s.submit(j)
     assert done.wait(5)
-    assert s.call(lambda e: len(e.batches)).result(5) == 1
+    assert s.call(lambda e: e.calls["admit"]).result(5) == 1
     s.stop()
     with pytest.raises(SchedulerStopped):
-        s.submit(make_job(Ticket(2), Priority.HIGH, 0.0, out))
+        s.submit(job(Ticket(2), HIGH, 0.0, out))
 
 
-def test_token_budget_bounds_a_batch_but_always_admits_one_job() -> None:
+def test_an_urgent_later_chunk_steps_beside_a_newcomer_in_its_own_call() -> None:
     clock = FakeClock()
-    engine = FakeEngine()
-    s = started(Scheduler(engine, max_batch=8, max_batch_tokens=100, max_wait_s=0, clock=clock))
+    engine = FakeEngine(clock)
+    s = started(Scheduler(engine, max_batch_tokens=300, clock=clock))
     out: list = []
-    for rid, tokens in ((1, 60), (2, 60), (3, 30), (4, 250)):
-        s.submit(make_job(Ticket(rid), Priority.NORMAL, clock.now + rid, out, n_tokens=tokens))
-    assert s.step(block=False).request_ids == (1,)  # 2 would overflow; order is kept
-    assert s.step(block=False).request_ids == (2, 3)
-    assert s.step(block=False).request_ids == (4,)  # alone over budget: still served
-    assert s.queued() == 0
-
-
-def test_a_job_with_slack_does_not_join_a_batch_it_would_make_late() -> None:
-    clock = FakeClock()
-    s = started(Scheduler(FakeEngine(), max_batch=8, max_wait_s=0, clock=clock))
-    s._sec_per_token = 0.01  # as learned from earlier batches
-    out: list = []
-    s.submit(make_job(Ticket(1), Priority.NORMAL, clock.now + 1.0, out, n_tokens=50))
-    s.submit(make_job(Ticket(2), Priority.NORMAL, clock.now + 30, out, n_tokens=100))
-    assert s.step(block=False).request_ids == (1,)  # together: 1.5 s > the 1.0 s deadline
-    assert s.step(block=False).request_ids == (2,)
-
-
-def test_a_deadline_already_lost_does_not_stop_batching_for_throughput() -> None:
-    clock = FakeClock()
-    s = started(Scheduler(FakeEngine(), max_batch=8, max_wait_s=0, clock=clock))
-    s._sec_per_token = 0.01
-    out: list = []
-    s.submit(make_job(Ticket(1), Priority.NORMAL, clock.now + 0.1, out, n_tokens=50))
-    s.submit(make_job(Ticket(2), Priority.NORMAL, clock.now + 30, out, n_tokens=100))
-    assert s.step(block=False).request_ids == (1, 2)
+    s.submit(job(Ticket(1), NORMAL, clock.now + 0.8, out, tokens=250, steps=2, index=1))
+    s.submit(job(Ticket(2), HIGH, clock.now, out, tokens=30, steps=2))
+    tick = s.step(block=False)
+    # Both step (neither waits for the other), in two engine calls: no padding 30 to 250.
+    assert tick.stepped == ((2, 0, 0), (1, 1, 0)) and tick.urgent == 1
+    assert [[f.frames for f in call] for call in engine.steps] == [[30], [250]]

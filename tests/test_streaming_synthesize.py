@@ -295,8 +295,8 @@ def test_first_chunk_is_high_priority_and_later_sentences_have_deadlines(make_se
     s = Session(stub_for(server.address))
     s.send(config(), *tokens(REPLY), _CLOSE)
     chunks, _ = s.rest()
-    mine = [d for d in list(server.running.scheduler.history)[before:] if d.request_ids]
-    priorities = [p.name for d in mine for p in d.priorities]
+    mine = [d for d in list(server.running.scheduler.history)[before:] if d.admitted]
+    priorities = [p.name for d in mine for p in d.admitted_priorities]
     assert priorities[0] == "HIGH"
     assert priorities.count("HIGH") == 1 and len(priorities) == len(chunks)
 
@@ -334,11 +334,14 @@ def test_synthesize_and_synthesize_once_attach_word_timings_when_asked(live_serv
         words = [w for c in chunks for w in c.words]
         assert [w.word for w in words] == [w.strip(",.") for w in text.split()]
         assert all(text[w.text_start : w.text_end] == w.word for w in words)
+        # Words come on a chunk's first piece and span all of that chunk's pieces.
         for c in chunks:
-            end = c.audio_offset_seconds + c.duration_seconds + 1e-9
+            pieces = [p for p in chunks if p.index == c.index]
+            end = max(p.audio_offset_seconds + p.duration_seconds for p in pieces) + 1e-9
             assert all(
                 c.audio_offset_seconds <= w.start_seconds <= w.end_seconds <= end for w in c.words
             )
+            assert c.piece == 0 or not c.words
     assert all(not c.words for c in plain.chunks)
 
 

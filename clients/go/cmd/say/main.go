@@ -219,7 +219,8 @@ func (w *wavWriter) Close() error {
 }
 
 type result struct {
-	chunks       int
+	chunks       int // text chunks completed (their last piece received)
+	nextPiece    int // the piece expected next within chunk `chunks`
 	dataBytes    int64
 	sampleRate   int
 	firstAudio   time.Duration
@@ -272,8 +273,10 @@ func synthesize(ctx context.Context, client pb.TextToSpeechClient, o *options, t
 		switch ev := msg.GetEvent().(type) {
 		case *pb.SynthesizeResponse_Chunk:
 			c := ev.Chunk
-			if int(c.GetIndex()) != res.chunks {
-				return nil, fmt.Errorf("chunk %d arrived out of order (expected %d)", c.GetIndex(), res.chunks)
+			// A chunk's audio may come as several pieces: same index, piece 0, 1, ...
+			if int(c.GetIndex()) != res.chunks || int(c.GetPiece()) != res.nextPiece {
+				return nil, fmt.Errorf("chunk %d piece %d arrived out of order (expected %d piece %d)",
+					c.GetIndex(), c.GetPiece(), res.chunks, res.nextPiece)
 			}
 			if enc := c.GetEncoding(); enc != pb.AudioEncoding_LINEAR16 {
 				return nil, fmt.Errorf("chunk %d has encoding %s, asked for LINEAR16", c.GetIndex(), enc)
@@ -294,7 +297,12 @@ func synthesize(ctx context.Context, client pb.TextToSpeechClient, o *options, t
 			if err := wav.Write(c.GetAudio()); err != nil {
 				return nil, err
 			}
-			res.chunks++
+			if c.GetLastPiece() {
+				res.chunks++
+				res.nextPiece = 0
+			} else {
+				res.nextPiece++
+			}
 		case *pb.SynthesizeResponse_Summary:
 			res.summary = ev.Summary
 			res.receivedLast = true

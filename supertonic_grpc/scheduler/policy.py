@@ -1,0 +1,329 @@
+"""What the scheduler thread does next: pure decisions over the queue and the running set.
+
+One tick of the scheduler is admission (text encoder + duration for new chunks), one flow
+step over a chosen set of running chunks (each at its own step index), and vocoding of the
+next piece of chunks whose flow is done. This module chooses those sets; `core` runs them.
+
+Rules, in order:
+- First chunks (HIGH) come first: they are admitted at the next tick and step without
+  company on CPU, so a newcomer's first audio waits at most for the tick in flight, whatever
+  else is queued; among them the least remaining work (steps x frames) goes first, so an
+  expensive first chunk (50 steps, slow speech) cannot hold a cheap one behind it. On a GPU
+  (`mix`) later chunks share the step: extra rows are nearly free.
+- A HIGH burst has a bound (`high_burst_s` of engine time) while later chunks are urgent or
+  late, so a flood of newcomers cannot starve running streams either.
+- Later chunks (NORMAL) are ordered by class: *urgent* (can still make its deadline, little
+  slack) by deadline, then *hopeless* (cannot make it even alone) least-served first, then
+  *feasible* by deadline. A hopeless stream never goes ahead of one that can still be saved,
+  and takes the engine from newcomers only within the burst bound above.
+- A request's chunks are admitted in order: a later chunk never overtakes an earlier one.
+- Fair share: the first pass takes one chunk per request, the second fills what is left.
+- Every step is bounded by `max_batch` rows and `max_step_frames` padded frames (rows x
+  longest latent), so one tick, and therefore any newcomer's wait, stays short.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from supertonic_grpc.engine import Flight
+from supertonic_grpc.scheduler.jobs import Job, Priority, Ticket
+
+_E = TypeVar("_E")
+
+# Latent frames per text token before the duration is known (15 chars/s, 70 ms frames).
+FRAMES_PER_TOKEN = 1.0
+
+
+class Urgency(enum.IntEnum):
+    """A later chunk's class, in the order they are served."""
+
+    URGENT = 0  # can still make its deadline, with little slack
+    HOPELESS = 1  # cannot make it even alone: least-served first, bounded against newcomers
+    FEASIBLE = 2  # has slack
+
+
+@dataclass
+class CostModel:
+    """Learned engine cost: seconds per padded frame of a flow step, per vocoded frame,
+    and per admitted token. A chunk's cost therefore grows with its steps."""
+
+    step_s_per_frame: float = 5e-4
+    vocode_s_per_frame: float = 1e-3
+    admit_s_per_token: float = 2e-4
+    # Small steps have a fixed cost; flooring the frames keeps them from looking free.
+    min_frames: int = 32
+
+    def step_s(self, rows: int, frames: int) -> float:
+        return self.step_s_per_frame * max(self.min_frames, rows * frames)
+
+    def vocode_s(self, frames: int) -> float:
+        return self.vocode_s_per_frame * max(self.min_frames, frames)
+
+    def learn_step(self, rows: int, frames: int, seconds: float) -> None:
+        sample = seconds / max(self.min_frames, rows * frames)
+        self.step_s_per_frame = 0.8 * self.step_s_per_frame + 0.2 * sample
+
+    def learn_vocode(self, frames: int, seconds: float) -> None:
+        sample = seconds / max(self.min_frames, frames)
+        self.vocode_s_per_frame = 0.8 * self.vocode_s_per_frame + 0.2 * sample
+
+    def learn_admit(self, tokens: int, seconds: float) -> None:
+        sample = seconds / max(1, tokens)
+        self.admit_s_per_token = 0.8 * self.admit_s_per_token + 0.2 * sample
+
+
+@dataclass(eq=False)
+class Running:
+    """A chunk admitted into the engine, until its last piece is delivered."""
+
+    job: Job
+    flight: Flight
+    admitted: float
+    pieces: int = 0  # pieces delivered
+    first_piece_at: float | None = None
+    batch_size: int = 1  # the largest step it shared
+    parts: list[np.ndarray] = field(default_factory=list)  # for jobs without pieces
+
+    @property
+    def high(self) -> bool:
+        """A first chunk whose first piece is not out yet: someone waits in silence."""
+        return self.job.priority is Priority.HIGH and self.pieces == 0
+
+    @property
+    def ticket(self) -> Ticket:
+        return self.job.ticket
+
+    def seconds_left(self, sample_rate: int, frame_samples: int) -> float:
+        """Predicted audio of this chunk not yet delivered."""
+        done = min(self.flight.samples, self.flight.vocoded_frames * frame_samples)
+        return (self.flight.samples - done) / sample_rate
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 8  # rows per flow step
+    max_step_frames: int = 1200  # padded frames (rows x longest latent) per flow step
+    max_running: int = 16  # chunks admitted at once
+    mix: bool = False  # later chunks share steps with first chunks (GPU)
+    first_piece_frames: int = 10  # ~0.7 s: the first audio of a request
+    piece_frames: int = 120  # ~8.4 s: later pieces (fewer pieces: less vocoder context)
+    max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
+    urgent_margin_s: float = 0.6  # covers the tick in flight and the loop's jitter
+    high_burst_s: float = 0.75
+
+
+class Policy:
+    """Chooses each tick's admissions, step set and vocode set."""
+
+    def __init__(self, limits: Limits, cost: CostModel, sample_rate: int, frame_samples: int):
+        self.limits = limits
+        self.cost = cost
+        self.sample_rate = sample_rate
+        self.frame_samples = frame_samples
+
+    # --- deadlines -----------------------------------------------------------------------
+
+    def deadline(self, job: Job, running: Sequence[Running]) -> float:
+        """When the job's listener needs its next audio. Once the request's playback has
+        started, that is when the audio already sent runs out, plus what earlier chunks
+        still owe (their predicted durations, known once admitted)."""
+        playback = job.ticket.playback
+        if not playback.started:
+            return job.deadline
+        owed = sum(
+            r.seconds_left(self.sample_rate, self.frame_samples)
+            for r in running
+            if r.ticket is job.ticket and r.job.index < job.index
+        )
+        return playback.deadline(0.0) + owed
+
+    def remaining_s(self, r: Running) -> float:
+        """Engine time this chunk needs, alone, until its next piece."""
+        f = r.flight
+        return f.steps_left * self.cost.step_s(1, f.frames) + self.cost.vocode_s(
+            self._piece_frames(r) + 20
+        )
+
+    def urgency(self, slack: float, need: float) -> Urgency:
+        if slack < need:
+            return Urgency.HOPELESS
+        if slack <= 2 * need + self.limits.urgent_margin_s:
+            return Urgency.URGENT
+        return Urgency.FEASIBLE
+
+    def _classify(
+        self, items: Iterable[Running], running: Sequence[Running], now: float
+    ) -> list[tuple[tuple[Urgency, float, int], Running]]:
+        out = []
+        for r in items:
+            d = self.deadline(r.job, running)
+            u = self.urgency(d - now, self.remaining_s(r))
+            # Hopeless streams: least-served first; the others: earliest deadline first.
+            key = (u, r.ticket.work if u is Urgency.HOPELESS else d, r.job.seq)
+            out.append((key, r))
+        out.sort(key=lambda e: e[0])
+        return out
+
+    # --- admission -----------------------------------------------------------------------
+
+    def admissions(
+        self,
+        high: Sequence[Job],
+        normal: Sequence[Job],
+        running: Sequence[Running],
+        now: float,
+        high_run_s: float = 0.0,
+    ) -> list[Job]:
+        """Queued jobs to admit this tick: first chunks (oldest first) while rows allow,
+        then later chunks by deadline; a later chunk with slack waits while a first chunk
+        is in flight on CPU, so it does not slow that first chunk's steps."""
+        lim = self.limits
+        chosen: list[Job] = []
+        high_running = sum(1 for r in running if r.high)
+        # Up to max_running first chunks in flight (the step takes the cheapest of them).
+        for job in high:
+            if high_running + len(chosen) >= lim.max_running:
+                break
+            chosen.append(job)
+        high_work = bool(chosen) or high_running > 0
+        room = lim.max_running - len(running) - len(chosen)
+        ranked = sorted((self._job_key(j, running, now), j) for j in _in_order(normal))
+        busy = {id(r.ticket) for r in running}
+        ranked = _fair_order(ranked, lambda e: e[1].ticket, busy)
+        for (urgency, *_), job in ranked[: max(0, room)]:
+            if len(chosen) >= lim.max_batch:
+                break
+            if high_work and not lim.mix and not self._may_interrupt(urgency, high_run_s):
+                continue
+            chosen.append(job)
+        return chosen
+
+    def _may_interrupt(self, urgency: Urgency, high_run_s: float) -> bool:
+        """Whether a later chunk may take engine time while first chunks are in flight."""
+        if urgency is Urgency.URGENT:
+            return True
+        return urgency is Urgency.HOPELESS and high_run_s >= self.limits.high_burst_s
+
+    def _job_key(
+        self, job: Job, running: Sequence[Running], now: float
+    ) -> tuple[Urgency, float, int]:
+        """A queued later chunk's rank; its frames are estimated from its tokens."""
+        frames = int(FRAMES_PER_TOKEN * len(job.utterance.token_ids))
+        need = job.utterance.steps * self.cost.step_s(1, frames) + self.cost.vocode_s(
+            min(frames, self.limits.piece_frames) + 20
+        )
+        d = self.deadline(job, running)
+        u = self.urgency(d - now, need)
+        return (u, job.ticket.work if u is Urgency.HOPELESS else d, job.seq)
+
+    # --- the flow step -------------------------------------------------------------------
+
+    def step_groups(
+        self, running: Sequence[Running], now: float, high_run_s: float
+    ) -> tuple[list[list[Running]], int]:
+        """The chunks that take one flow step this tick, as groups of one engine call each,
+        and how many of them are urgent. On CPU first chunks and the later chunks that cannot
+        wait for them step in separate calls: padding a short first chunk to a long later
+        chunk's length would cost both."""
+        lim = self.limits
+        denoising = [r for r in running if not r.flight.denoised]
+        # Least remaining work first: a 50-step or long first chunk cannot hold a newcomer's
+        # short one behind it, and the mean wait for first audio is the shortest.
+        high = sorted(
+            (r for r in denoising if r.high),
+            key=lambda r: (r.flight.steps_left * r.flight.frames, r.job.seq),
+        )
+        normal = self._classify((r for r in denoising if not r.high), running, now)
+        urgent = [r for key, r in normal if key[0] == Urgency.URGENT]
+        needy = [r for key, r in normal if key[0] != Urgency.FEASIBLE]
+        if lim.mix:
+            order = urgent + high + [r for key, r in normal if key[0] != Urgency.URGENT]
+        elif high and not (needy and high_run_s >= lim.high_burst_s):
+            # First chunks alone, and later chunks that cannot wait for them.
+            groups = [g for g in (self._fill(high), self._fill(urgent)) if g]
+            return groups, sum(len(g) for g in groups[1:])
+        else:
+            order = [r for _, r in normal] if normal else high
+        chosen = self._fill(order)
+        return [chosen] if chosen else [], sum(1 for r in chosen if r in urgent)
+
+    def _fill(self, order: Sequence[Running]) -> list[Running]:
+        """Up to the row and frame budgets; first one chunk per request, then the rest.
+        The first chunk in order always fits, however long."""
+        lim = self.limits
+        chosen: list[Running] = []
+        longest = 0
+        for fair_pass in (True, False):
+            seen = {id(r.ticket) for r in chosen}
+            for r in order:
+                if r in chosen or (fair_pass and id(r.ticket) in seen):
+                    continue
+                frames = max(longest, r.flight.frames)
+                if chosen and (
+                    len(chosen) >= lim.max_batch or (len(chosen) + 1) * frames > lim.max_step_frames
+                ):
+                    continue
+                chosen.append(r)
+                seen.add(id(r.ticket))
+                longest = frames
+        # Keep the engine's batch in a stable order: by arrival.
+        return sorted(chosen, key=lambda r: r.job.seq)
+
+    # --- vocoding --------------------------------------------------------------------------
+
+    def _piece_frames(self, r: Running) -> int:
+        lim = self.limits
+        # Only a first chunk's first piece is small: it is the request's first audio.
+        return lim.first_piece_frames if r.high else lim.piece_frames
+
+    def vocode_set(
+        self, running: Sequence[Running], now: float, high_work: bool, stepped: bool = False
+    ) -> list[tuple[Running, int]]:
+        """The next piece of each chunk whose flow is done: a first chunk's first piece
+        always; others too when no first chunk is in flight, else only when due soon.
+        A tick that also ran a flow step vocodes half as much, so ticks stay short."""
+        out = []
+        budget = self.limits.max_vocode_frames // (2 if stepped else 1)
+        ready = [r for r in running if r.flight.denoised and not r.flight.finished]
+        ready.sort(key=lambda r: (not r.high, self.deadline(r.job, running), r.job.seq))
+        for r in ready:
+            frames = min(self._piece_frames(r), r.flight.frames - r.flight.vocoded_frames)
+            if not r.high and high_work and not self.limits.mix:
+                # Decoding a finished chunk early costs nothing overall, only a little of a
+                # newcomer's tick: do it well before its listener needs it.
+                slack = self.deadline(r.job, running) - now
+                if slack > 3 * self.cost.vocode_s(frames + 20) + 2 * self.limits.urgent_margin_s:
+                    continue
+            if out and not r.high and budget < frames:
+                continue
+            budget -= frames
+            out.append((r, frames))
+        return out
+
+
+def _fair_order(items: Sequence[_E], ticket_of: Callable[[_E], Ticket], busy: set[int]) -> list[_E]:
+    """Rank order, except that a request's second item waits behind every other request's
+    first (requests in `busy` already have one)."""
+    seen = set(busy)
+    first, rest = [], []
+    for item in items:
+        key = id(ticket_of(item))
+        (rest if key in seen else first).append(item)
+        seen.add(key)
+    return first + rest
+
+
+def _in_order(jobs: Sequence[Job]) -> list[Job]:
+    """Each request's earliest queued chunk only: a request's chunks are admitted in order."""
+    first: dict[int, Job] = {}
+    for job in jobs:
+        key = id(job.ticket)
+        if key not in first or job.index < first[key].index:
+            first[key] = job
+    return list(first.values())
