@@ -43,9 +43,11 @@ from supertonic_grpc.voices import VoiceBank
 
 log = logging.getLogger(__name__)
 
-# No stream message carries more audio than this: every gRPC client's default receive
-# limit is 4 MiB, and small messages keep a slow network's latency per message low.
-MAX_MESSAGE_AUDIO_BYTES = 1 << 20
+# No stream message is larger than 1 MiB: every gRPC client's default receive limit is
+# 4 MiB, and small messages keep a slow network's latency per message low. The audio gets
+# all of it but a margin for the message's other fields (text, offsets, word timings).
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_MESSAGE_AUDIO_BYTES = MAX_MESSAGE_BYTES - (64 << 10)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,33 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             streaming=streaming,
         )
 
+    def _audio_messages(
+        self,
+        plan: Plan,
+        k: int,
+        result: JobResult,
+        samples: np.ndarray,
+        offset: float,
+        piece: int,
+        last_piece: bool,
+    ) -> list[tuple[tts_pb2.AudioChunk, float]]:
+        """One piece of chunk `k`'s audio as messages of at most `MAX_MESSAGE_AUDIO_BYTES`
+        of audio each, numbered from `piece`, with each message's duration in seconds."""
+        per_message = MAX_MESSAGE_AUDIO_BYTES // audio.bytes_per_sample(plan.encoding)
+        parts = max(1, -(-len(samples) // per_message))
+        out = []
+        for i in range(parts):
+            part = samples[i * per_message : (i + 1) * per_message]
+            seconds = len(part) / plan.sample_rate
+            payload = audio.encode(part, plan.encoding, plan.sample_rate)
+            last = last_piece and i == parts - 1
+            message = self._chunk_message(
+                plan, k, result, payload, offset, seconds, piece + i, last
+            )
+            out.append((message, seconds))
+            offset += seconds
+        return out
+
     def _chunk_message(
         self,
         plan: Plan,
@@ -273,7 +302,6 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         )
         for _ in range(self.settings.lookahead_chunks - 1):
             stream.submit_next(clock)
-        per_message = MAX_MESSAGE_AUDIO_BYTES // audio.bytes_per_sample(plan.encoding)
         offset = queue_s = compute_s = 0.0
         ttfa: float | None = None
         last_chunk = len(plan.chunks) - 1
@@ -286,15 +314,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                         samples = resampler.process(samples)
                         if k == last_chunk and result.last_piece:
                             samples = np.concatenate([samples, resampler.flush()])
-                    parts = max(1, -(-len(samples) // per_message))
-                    for i in range(parts):
-                        part = samples[i * per_message : (i + 1) * per_message]
-                        seconds = len(part) / plan.sample_rate
-                        payload = audio.encode(part, plan.encoding, plan.sample_rate)
-                        last = result.last_piece and i == parts - 1
-                        message = self._chunk_message(
-                            plan, k, result, payload, offset, seconds, piece, last
-                        )
+                    for message, seconds in self._audio_messages(
+                        plan, k, result, samples, offset, piece, result.last_piece
+                    ):
                         yield tts_pb2.SynthesizeResponse(chunk=message)
                         if ttfa is None:
                             ttfa = time.monotonic() - stream.started

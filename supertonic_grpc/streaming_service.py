@@ -233,23 +233,27 @@ class StreamingCall:
 
     # --- output --------------------------------------------------------------------------
 
-    def _message(self, k: int, result: JobResult) -> tts_pb2.StreamingSynthesizeResponse:
+    def _messages(
+        self, k: int, result: JobResult
+    ) -> tuple[list[tts_pb2.StreamingSynthesizeResponse], float]:
+        """Chunk `k`'s audio, split as Synthesize splits it (no message over 1 MiB), and
+        the seconds of audio they carry."""
         samples = result.synthesized.audio
         if self.resampler is not None:
             samples = self.resampler.process(samples)
             if k in self.segment_ends:  # a sentence ends: its tail need not wait
                 samples = np.concatenate([samples, self.resampler.flush()])
-        payload = audio.encode(samples, self.voicing.encoding, self.voicing.sample_rate)
-        message = self.svc._chunk_message(self.stream.plan, k, result, payload, self.offset)
-        return tts_pb2.StreamingSynthesizeResponse(chunk=message)
+        parts = self.svc._audio_messages(self.stream.plan, k, result, samples, self.offset, 0, True)
+        seconds = sum(sec for _, sec in parts)
+        return [tts_pb2.StreamingSynthesizeResponse(chunk=m) for m, _ in parts], seconds
 
-    def _after_send(self, k: int, result: JobResult) -> None:
+    def _after_send(self, k: int, result: JobResult, seconds: float) -> None:
         now = time.monotonic()
         metrics = self.svc.metrics
         if k == 0:
             self.ttfa = now - self.stream.started
             metrics.time_to_first_audio_seconds.labels("StreamingSynthesize").observe(self.ttfa)
-        gap = self.clock.on_chunk_sent(now, result.synthesized.duration_s)
+        gap = self.clock.on_chunk_sent(now, seconds)
         start = self.segment_starts.pop(k, None)
         if start is not None:
             metrics.sentence_to_audio_seconds.labels(start.trigger.value).observe(
@@ -257,7 +261,7 @@ class StreamingCall:
             )
         if start is None or not start.after_idle:  # waiting for text is no underrun
             metrics.observe_playback(gap)
-        self.offset += result.synthesized.duration_s
+        self.offset += seconds
         self.queue_s += result.queue_s
         self.compute_s += result.compute_s
         self.sent += 1
@@ -308,11 +312,12 @@ class StreamingCall:
                         from supertonic_grpc.service import _status_for
 
                         raise RequestError(*_status_for(exc)) from exc
-                    message = self._message(k, result)
+                    messages, seconds = self._messages(k, result)
                     # Accounted just before the write, so a client that has read the chunk
                     # sees it in the metrics; the next chunk is queued as early as possible.
-                    self._after_send(k, result)
-                    yield message
+                    self._after_send(k, result, seconds)
+                    for message in messages:
+                        yield message
                 self._plan(self.buffer.poll(now))
                 if (
                     not done

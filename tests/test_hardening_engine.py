@@ -75,10 +75,6 @@ def test_an_engine_that_hangs_costs_the_client_its_deadline_not_the_server_its_s
     assert list(stub.Synthesize(pcm_f32("Unstuck."), timeout=60))[-1].HasField("summary")
 
 
-@pytest.mark.xfail(
-    reason="the scheduler's result-count check is helper 8's part of issue 10 (branch issue-8)",
-    strict=False,
-)
 def test_an_engine_that_returns_too_few_results_fails_the_request_promptly(make_server) -> None:
     server = make_server()
     patch_entry(server.running.scheduler.engine, lambda real: lambda items: real(items)[:-1])
@@ -121,10 +117,6 @@ def test_no_stream_message_exceeds_a_client_limit_and_the_count_tells_the_truth(
     assert count(server, "Synthesize", "OK") == (1 if code is grpc.StatusCode.OK else 0)
 
 
-@pytest.mark.xfail(
-    reason="splitting a chunk over several <= 1 MiB messages is helper 8's part of issue 10",
-    strict=False,
-)
 def test_a_heavy_stream_succeeds_in_messages_of_at_most_one_mebibyte(make_server) -> None:
     server = make_server()
     sizes = [
@@ -213,3 +205,27 @@ def test_the_python_client_receives_replies_over_four_mebibytes(make_server) -> 
     with SupertonicClient(server.address, timeout=120) as tts:
         clip = tts.synthesize(text, steps=1, encoding=Encoding.PCM_F32, sample_rate_hz=48000)
     assert len(clip.data) > CLIENT_LIMIT
+
+
+def test_a_heavy_streaming_synthesize_sends_no_message_over_one_mebibyte(make_server) -> None:
+    # One long sentence, slow, in 32-bit floats at 48 kHz: a chunk of many seconds whose
+    # audio in one message would pass the 4 MiB limit of every gRPC client.
+    heavy = heavy_request()
+    config = tts_pb2.StreamingSynthesizeConfig(
+        speed=heavy.speed,
+        steps=heavy.steps,
+        audio_config=heavy.audio_config,
+        chunking=heavy.chunking,
+    )
+    requests = [
+        tts_pb2.StreamingSynthesizeRequest(config=config),
+        tts_pb2.StreamingSynthesizeRequest(text=heavy.text[:880]),
+    ]
+    server = make_server()
+    replies = list(stub_for(server.address).StreamingSynthesize(iter(requests), timeout=120))
+    chunks = [r.chunk for r in replies if r.HasField("chunk")]
+    assert replies[-1].HasField("summary")
+    assert max(r.ByteSize() for r in replies) <= 1024 * 1024
+    assert len(chunks) > len({c.index for c in chunks})  # a chunk was split over messages
+    total = sum(c.duration_seconds for c in chunks)
+    assert abs(total - replies[-1].summary.audio_seconds) < 1e-6
