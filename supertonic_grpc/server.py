@@ -23,7 +23,12 @@ from supertonic_grpc import rpc, security
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.backends import gpu, parse_precision
 from supertonic_grpc.bundle import ModelBundle, load_bundle
-from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, pick_device
+from supertonic_grpc.engine import (
+    DEMO_CHARS_PER_SECOND,
+    Engine,
+    pick_device,
+    reserve_cpu_threads,
+)
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.scheduler import Scheduler, SchedulerStopped
 from supertonic_grpc.service import ModelInfo, TextToSpeechService
@@ -129,8 +134,9 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
-def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
-    """The engine for these settings (device, dtype, precision, compile, demo pacing)."""
+def build_engine(bundle: ModelBundle, settings: Settings, cpu_threads: int | None = None) -> Engine:
+    """The engine for these settings (device, dtype, precision, compile, demo pacing);
+    `cpu_threads` for the scheduler thread when the main thread reserved them."""
     device = pick_device(settings.device)
     if settings.dtype not in _DTYPES:
         raise ValueError(f"--dtype: {settings.dtype!r} is not one of {', '.join(_DTYPES)}")
@@ -149,10 +155,13 @@ def build_engine(bundle: ModelBundle, settings: Settings) -> Engine:
         length_buckets=gpu.GPU_LENGTH_BUCKETS if settings.compile and device.type == "cuda" else (),
         demo_pacing=DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
         precision=precision,
+        cpu_threads=cpu_threads,
     )
 
 
-async def start_server(settings: Settings, bundle: ModelBundle | None = None) -> RunningServer:
+async def start_server(
+    settings: Settings, bundle: ModelBundle | None = None, cpu_threads: int | None = None
+) -> RunningServer:
     """Start serving (health NOT_SERVING) and warm up in the background (then SERVING)."""
     settings.validate()
     bundle = bundle or load_bundle(settings.model_dir or None)
@@ -161,7 +170,7 @@ async def start_server(settings: Settings, bundle: ModelBundle | None = None) ->
     except UnknownVoiceError as exc:
         raise SettingsError(f"--default-voice: {exc}") from None
     api_keys = security.load_api_keys(settings)
-    engine = build_engine(bundle, settings)
+    engine = build_engine(bundle, settings, cpu_threads)
     metrics = Metrics()
     metrics.set_model_info(
         state=bundle.state,
@@ -320,10 +329,12 @@ async def _watch_device_memory(metrics: Metrics, device: torch.device) -> None:
         await asyncio.sleep(5)
 
 
-async def serve(settings: Settings, bundle: ModelBundle | None = None) -> int:
+async def serve(
+    settings: Settings, bundle: ModelBundle | None = None, cpu_threads: int | None = None
+) -> int:
     """Run until SIGTERM/SIGINT, then drain and return the exit code: 0 after a drain, 1 when
     the server failed (warm-up, scheduler thread, device) or a second signal cut the drain."""
-    running = await start_server(settings, bundle)
+    running = await start_server(settings, bundle, cpu_threads)
     stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -365,7 +376,7 @@ def run(settings: Settings) -> int:
     )
     torch.set_grad_enabled(False)
     try:
-        code = asyncio.run(serve(settings))
+        code = asyncio.run(serve(settings, cpu_threads=reserve_cpu_threads()))
     except SettingsError as exc:
         log.error("bad setting: %s", exc)
         return 2

@@ -220,6 +220,9 @@ class Scheduler:
     # --- the scheduler thread --------------------------------------------------------------
 
     def _loop(self) -> None:
+        bind = getattr(self.engine, "bind_thread", None)  # fake engines have none
+        if bind is not None:
+            bind()
         while self._running_flag:
             try:
                 self.step()
