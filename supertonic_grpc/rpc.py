@@ -31,11 +31,22 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
+from supertonic_grpc.engine import EngineError
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.scheduler import QueueFull, SchedulerStopped
 from supertonic_grpc.validation import RequestError
 
 log = logging.getLogger(__name__)
+
+
+def failure_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The code and message for a chunk that failed in the scheduler or the model."""
+    if isinstance(exc, SchedulerStopped):
+        return grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica"
+    if isinstance(exc, EngineError):
+        return grpc.StatusCode.INTERNAL, f"model failure: {exc}"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
 
 Req = TypeVar("Req")
 Reply = TypeVar("Reply")

@@ -22,11 +22,10 @@ import numpy as np
 
 from supertonic_grpc import audio
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
-from supertonic_grpc.engine import EngineError
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.playback import PlaybackClock
-from supertonic_grpc.rpc import Call, Limits, Rpcs
-from supertonic_grpc.scheduler import JobResult, Scheduler, SchedulerStopped
+from supertonic_grpc.rpc import Call, Limits, Rpcs, failure_status
+from supertonic_grpc.scheduler import JobResult, Scheduler
 from supertonic_grpc.settings import Settings
 from supertonic_grpc.streaming_service import streaming_synthesize
 from supertonic_grpc.streams import ChunkStream
@@ -57,14 +56,6 @@ class ModelInfo:
     state: str  # "real" or "demo"
     version: str
     sample_rate: int = NATIVE_RATE
-
-
-def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, SchedulerStopped):
-        return grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica"
-    if isinstance(exc, EngineError):
-        return grpc.StatusCode.INTERNAL, f"model failure: {exc}"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 
 
 def _word_timings(c: TextChunk, duration_s: float, offset: float) -> list[tts_pb2.WordTiming]:
@@ -334,7 +325,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             except RequestError:
                 raise
             except Exception as exc:
-                raise RequestError(*_status_for(exc)) from exc
+                raise RequestError(*failure_status(exc)) from exc
             stream.submit_next(clock)
         summary = self._summary(
             plan, len(plan.chunks), offset, ttfa or 0.0, stream.started, queue_s, compute_s
@@ -368,7 +359,7 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                 try:
                     result = await stream.futures[k]
                 except Exception as exc:
-                    raise RequestError(*_status_for(exc)) from exc
+                    raise RequestError(*failure_status(exc)) from exc
                 results.append(result)
                 seconds += result.synthesized.duration_s
                 if seconds * per_second > limit:

@@ -28,7 +28,7 @@ import numpy as np
 from supertonic_grpc import audio
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.playback import PlaybackClock
-from supertonic_grpc.rpc import Call, cancel_code
+from supertonic_grpc.rpc import Call, cancel_code, failure_status
 from supertonic_grpc.scheduler import JobResult, Ticket
 from supertonic_grpc.streams import ChunkStream
 from supertonic_grpc.text.stream_buffer import Segment, StreamBuffer, Trigger
@@ -308,10 +308,7 @@ class StreamingCall:
                     try:
                         result = self.stream.futures[k].result()
                     except Exception as exc:
-                        # Imported here: service.py imports this module.
-                        from supertonic_grpc.service import _status_for
-
-                        raise RequestError(*_status_for(exc)) from exc
+                        raise RequestError(*failure_status(exc)) from exc
                     messages, seconds = self._messages(k, result)
                     # Accounted just before the write, so a client that has read the chunk
                     # sees it in the metrics; the next chunk is queued as early as possible.
