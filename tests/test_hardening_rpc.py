@@ -299,3 +299,34 @@ def test_a_slow_reader_is_back_pressure_not_an_underrun(make_server, rpc) -> Non
     assert rest[-1].HasField("summary") and rest[-1].summary.chunks == 5
     body = scrape(server)
     assert sample(body, "supertonic_underruns_total") == 0
+
+
+def test_a_unary_reply_that_outgrows_its_estimate_is_stopped_and_counted(
+    make_server, monkeypatch
+) -> None:
+    from supertonic_grpc import service as service_module
+
+    class Underestimated(service_module.ChunkStream):
+        """A text whose audio the plan underestimates (as one in a slow language may be)."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.estimates = [0.0 for _ in self.estimates]
+
+    monkeypatch.setattr(service_module, "ChunkStream", Underestimated)
+    server = make_server(max_reply_bytes=256 * 1024, lookahead_chunks=1)
+    # Ten chunks of ~2.5 s in 32-bit floats at 48 kHz: the first one alone passes 256 KiB.
+    text = " ".join(f"Sentence {i} is forty characters long, or so." for i in range(10))
+    req = pcm_f32(text, chunking=tts_pb2.ChunkingConfig(first_chunk_chars=45, max_chunk_chars=45))
+    req.audio_config.sample_rate_hz = 48000
+    with pytest.raises(grpc.RpcError) as exc:
+        stub_for(server.address).SynthesizeOnce(req, timeout=60)
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "use Synthesize" in exc.value.details()
+    assert count(server, "SynthesizeOnce", "RESOURCE_EXHAUSTED") == 1
+    # It stopped at once: the rest of its chunks never reached the model.
+    assert wait_until(lambda: server.running.scheduler.queued() == 0)
+    computed = sum(
+        sample(scrape(server), "supertonic_chunks_total", priority=p) for p in ("high", "normal")
+    )
+    assert computed <= 2
