@@ -18,6 +18,7 @@ from supertonic_grpc.scheduler.jobs import (
 )
 from supertonic_grpc.scheduler.policy import CostModel, Limits, Policy, Running, Urgency
 from supertonic_grpc.scheduler.stages import EngineShortfall, Stages
+from supertonic_grpc.scheduler.trace import TickTrace
 
 __all__ = [
     "CostModel",
@@ -35,6 +36,7 @@ __all__ = [
     "SchedulerStopped",
     "Stages",
     "StepDecision",
+    "TickTrace",
     "Ticket",
     "Urgency",
 ]

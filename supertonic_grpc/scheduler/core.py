@@ -54,6 +54,9 @@ class StepDecision:
     compute_s: float = 0.0
     error: str = ""
     admitted_priorities: tuple[Priority, ...] = ()  # of `admitted`, in order
+    queue_waits: tuple[float, ...] = ()  # of `admitted`: submit -> this tick's start
+    stage_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # admission, flow step, vocoding
+    first_pieces: tuple[tuple[int, float], ...] = ()  # (request, when) of first audio handed over
 
     @property
     def request_ids(self) -> tuple[int, ...]:
@@ -77,6 +80,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         history: int = 1000,
         limits: Limits | None = None,
+        trace: Callable[[StepDecision], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -95,6 +99,7 @@ class Scheduler:
         self.metrics = metrics
         self.clock = clock
         self.history: deque[StepDecision] = deque(maxlen=history)
+        self.trace = trace  # sees every tick (`--trace-ticks`); must be quick
         self.cost = CostModel()
         self.sample_rate = int(getattr(engine, "sample_rate", 44100))
         self.frame_samples = int(getattr(engine, "frame_samples", 3072))
@@ -285,9 +290,11 @@ class Scheduler:
         admitted = self.stages.admit(jobs, start, errors)
         with self._cond:
             self._admitting = []
+        t_step = self.clock()
         groups, urgent = self.policy.step_groups(self._running, now, self._high_run_s)
         high_work = any(r.high for g in groups for r in g)
         stepped = tuple(s for g in groups for s in self.stages.step(g, errors))
+        t_vocode = self.clock()
         pieces = self.policy.vocode_set(self._running, now, high_work, bool(stepped))
         firsts = [r for r, _ in pieces if r.high]
         vocoded = self.stages.vocode(pieces, errors)
@@ -312,8 +319,15 @@ class Scheduler:
             running_after=len(self._running),
             compute_s=compute,
             error="; ".join(errors),
+            queue_waits=tuple(start - j.submitted for j in admitted),
+            stage_s=(t_step - start, t_vocode - t_step, start + compute - t_vocode),
+            first_pieces=tuple(
+                (r.ticket.request_id, r.first_piece_at) for r in firsts if r.first_piece_at
+            ),
         )
         self.history.append(decision)
+        if self.trace is not None:
+            self.trace(decision)
         m = self.metrics
         if m is not None:
             m.batch_compute_seconds.observe(compute)
