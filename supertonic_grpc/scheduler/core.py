@@ -293,14 +293,32 @@ class Scheduler:
         t_step = self.clock()
         groups, urgent = self.policy.step_groups(self._running, now, self._high_run_s)
         high_work = any(r.high for g in groups for r in g)
-        stepped = tuple(s for g in groups for s in self.stages.step(g, errors))
+        stepped: tuple[tuple[int, int, int], ...] = ()
+        vocoded: tuple[tuple[int, int, int], ...] = ()
+        early: list[Running] = []
+        for group in groups:
+            stepped += self.stages.step(group, errors)
+            # A first chunk's first piece goes out as soon as its flow is done, before
+            # the later chunks' step of the same tick.
+            done = [r for r in group if r.high and r.flight.denoised and r in self._running]
+            vocoded += self.stages.vocode(
+                [(r, self.limits.first_piece_frames) for r in done], errors
+            )
+            early += done
         t_vocode = self.clock()
-        pieces = self.policy.vocode_set(self._running, now, high_work, bool(stepped))
-        firsts = [r for r, _ in pieces if r.high]
-        vocoded = self.stages.vocode(pieces, errors)
-        # A first piece plays for only ~0.7 s: decode what follows it right after it is out.
-        follow = [(r, self.limits.piece_frames) for r in firsts if r in self._running]
-        vocoded += self.stages.vocode(follow, errors)
+        # While first chunks are in flight or queued (even one that arrived during this
+        # tick, or in a tick they yield to later chunks), later pieces are short and only
+        # the due ones are decoded.
+        contended = self._contended()
+        pieces = self.policy.vocode_set(self._running, now, contended, bool(stepped))
+        pieces = [p for p in pieces if p[0] not in early]  # their follow-up comes below
+        firsts = early + [r for r, _ in pieces if r.high]
+        vocoded += self._vocode(pieces, errors)
+        # A first piece plays for only ~0.7 s: decode what follows it right after it is out
+        # (a short piece while other newcomers wait: the rest follows at the next ticks).
+        frames = self.policy.follow_frames(self._contended())
+        follow = [(r, frames) for r in firsts if r in self._running]
+        vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
         with self._cond:
@@ -337,6 +355,33 @@ class Scheduler:
             if running_gauge is not None:
                 running_gauge.set(len(self._running))
         return decision
+
+    def _vocode(
+        self, pieces: list[tuple[Running, int]], errors: list[str]
+    ) -> tuple[tuple[int, int, int], ...]:
+        """First pieces in one call; on CPU later pieces one call each, and once a
+        newcomer has arrived only those whose listener cannot wait for it."""
+        if self.limits.mix or len(pieces) <= 1:
+            return self.stages.vocode(pieces, errors)
+        firsts = [p for p in pieces if p[0].high]
+        done = self.stages.vocode(firsts, errors)
+        for r, frames in (p for p in pieces if not p[0].high):
+            if r not in self._running:
+                continue
+            if self._newcomer_waiting() and self.policy.piece_can_wait(
+                r, frames, self._running, self.clock()
+            ):
+                continue
+            done += self.stages.vocode([(r, frames)], errors)
+        return done
+
+    def _contended(self) -> bool:
+        """First chunks are queued or in flight without their first piece."""
+        return self._newcomer_waiting() or any(r.high for r in self._running)
+
+    def _newcomer_waiting(self) -> bool:
+        """A first chunk is queued (read without the lock: a stale answer costs one tick)."""
+        return bool(self._high)
 
     # --- bookkeeping --------------------------------------------------------------------
 

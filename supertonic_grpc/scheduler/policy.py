@@ -113,6 +113,10 @@ class Limits:
     mix: bool = False  # later chunks share steps with first chunks (GPU)
     first_piece_frames: int = 10  # ~0.7 s: the first audio of a request
     piece_frames: int = 120  # ~8.4 s: later pieces (fewer pieces: less vocoder context)
+    # While a first chunk is in flight or queued (CPU): later pieces this long, so the
+    # newcomer waits for a short decode, not an 8 s one (~2.8 s of audio; costs 20 frames
+    # of vocoder context per extra piece, only under contention).
+    contended_piece_frames: int = 40
     max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
     urgent_margin_s: float = 0.6  # covers the tick in flight and the loop's jitter
     high_burst_s: float = 0.75
@@ -245,13 +249,33 @@ class Policy:
         if lim.mix:
             order = urgent + high + [r for key, r in normal if key[0] != Urgency.URGENT]
         elif high and not (needy and high_run_s >= lim.high_burst_s):
-            # First chunks alone, and later chunks that cannot wait for them.
-            groups = [g for g in (self._fill(high), self._fill(urgent)) if g]
+            # First chunks alone, and later chunks that cannot wait for them: an urgent
+            # chunk whose slack still covers the first chunks' remaining steps waits.
+            first = self._fill(high)
+            ahead = self.high_left_s(first)
+            urgent = [r for r in urgent if not self._can_wait(r, ahead, running, now)]
+            groups = [g for g in (first, self._fill(urgent)) if g]
             return groups, sum(len(g) for g in groups[1:])
         else:
             order = [r for _, r in normal] if normal else high
         chosen = self._fill(order)
         return [chosen] if chosen else [], sum(1 for r in chosen if r in urgent)
+
+    def high_left_s(self, group: Sequence[Running]) -> float:
+        """Engine time until a group of first chunks, stepping together, has its first
+        pieces out."""
+        if not group:
+            return 0.0
+        frames = max(r.flight.frames for r in group)
+        steps = max(r.flight.steps_left for r in group)
+        first = self.limits.first_piece_frames
+        return steps * self.cost.step_s(len(group), frames) + len(group) * self.cost.vocode_s(first)
+
+    def _can_wait(self, r: Running, ahead_s: float, running: Sequence[Running], now: float) -> bool:
+        """Whether a later chunk still makes its deadline, with the margin, after `ahead_s`
+        of other work."""
+        slack = self.deadline(r.job, running) - now
+        return slack - ahead_s >= self.remaining_s(r) + self.limits.urgent_margin_s
 
     def _fill(self, order: Sequence[Running]) -> list[Running]:
         """Up to the row and frame budgets; first one chunk per request, then the rest.
@@ -286,25 +310,42 @@ class Policy:
         self, running: Sequence[Running], now: float, high_work: bool, stepped: bool = False
     ) -> list[tuple[Running, int]]:
         """The next piece of each chunk whose flow is done: a first chunk's first piece
-        always; others too when no first chunk is in flight, else only when due soon.
-        A tick that also ran a flow step vocodes half as much, so ticks stay short."""
+        always; others too when no first chunk is in flight or queued (`high_work`), else
+        only when due soon, and then short ones. A tick that also ran a flow step vocodes
+        half as much, so ticks stay short."""
         out = []
         budget = self.limits.max_vocode_frames // (2 if stepped else 1)
+        contended = high_work and not self.limits.mix
         ready = [r for r in running if r.flight.denoised and not r.flight.finished]
         ready.sort(key=lambda r: (not r.high, self.deadline(r.job, running), r.job.seq))
         for r in ready:
-            frames = min(self._piece_frames(r), r.flight.frames - r.flight.vocoded_frames)
-            if not r.high and high_work and not self.limits.mix:
-                # Decoding a finished chunk early costs nothing overall, only a little of a
-                # newcomer's tick: do it well before its listener needs it.
-                slack = self.deadline(r.job, running) - now
-                if slack > 3 * self.cost.vocode_s(frames + 20) + 2 * self.limits.urgent_margin_s:
-                    continue
+            want = self._piece_frames(r)
+            if contended and not r.high:
+                want = min(want, self.limits.contended_piece_frames)
+            frames = min(want, r.flight.frames - r.flight.vocoded_frames)
+            if contended and not r.high and self.piece_can_wait(r, frames, running, now):
+                continue
             if out and not r.high and budget < frames:
                 continue
             budget -= frames
             out.append((r, frames))
         return out
+
+    def piece_can_wait(
+        self, r: Running, frames: int, running: Sequence[Running], now: float
+    ) -> bool:
+        """Whether a later piece can be left for after the newcomers: decoding a finished
+        chunk early costs nothing overall, only a little of a newcomer's tick, so it is
+        done well before its listener needs it."""
+        slack = self.deadline(r.job, running) - now
+        return slack > 3 * self.cost.vocode_s(frames + 20) + 2 * self.limits.urgent_margin_s
+
+    def follow_frames(self, contended: bool) -> int:
+        """The piece decoded right after a first piece (which plays ~0.7 s): short while
+        other first chunks are queued or in flight."""
+        if contended and not self.limits.mix:
+            return self.limits.contended_piece_frames
+        return self.limits.piece_frames
 
 
 def _fair_order(items: Sequence[_E], ticket_of: Callable[[_E], Ticket], busy: set[int]) -> list[_E]:
