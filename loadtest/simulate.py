@@ -28,11 +28,12 @@ import torch
 from loadtest.corpus import LANGUAGES, Text, TextPicker, load_texts
 from loadtest.listeners import P95_BOUND, T1_TEXT
 from loadtest.stats import percentile
-from supertonic_grpc.engine import Flight, Utterance
+from supertonic_grpc.engine import DEFAULT_SPEED, Flight, Utterance
 from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.scheduler import Job, JobResult, Limits, Priority, Scheduler, Ticket
 from supertonic_grpc.settings import Settings
 from supertonic_grpc.text.chunker import split_text
+from supertonic_grpc.validation import fitting_chunk_chars
 from supertonic_grpc.voices import demo_voice
 
 SAMPLE_RATE, FRAME_SAMPLES, CONTEXT_FRAMES = 44100, 3072, 20
@@ -178,15 +179,19 @@ class Simulation:
         text: Text,
         on_end: Callable[[SimStream], None] | None = None,
         at: float | None = None,
+        *,
+        steps: int = 5,
+        speed: float = DEFAULT_SPEED,
     ) -> SimStream:
         """Start one streaming request, as `service.Synthesize` would; it arrived `at`
         (default now: an arrival is seen at the end of the engine call it came during)."""
         s = self.settings
-        chunks = [c.text for c in split_text(text.text, s.max_chunk_chars, s.first_chunk_chars)]
+        longest = min(s.max_chunk_chars, fitting_chunk_chars(text.language, speed))
+        chunks = [c.text for c in split_text(text.text, longest, s.first_chunk_chars)]
         arrived = self.clock.now if at is None else at
         stream = SimStream(text, arrived, chunks)
         ticket = Ticket(next(self._ids))
-        estimates = [max(0.3, len(c) / CHARS_PER_SECOND) for c in chunks]
+        estimates = [max(0.3, len(c) / CHARS_PER_SECOND / speed) for c in chunks]
         state = {"submitted": 0, "sent": 0}
 
         def submit() -> None:
@@ -203,8 +208,10 @@ class Simulation:
             utt = Utterance(
                 token_ids=[1] * (len(chunks[k]) + 2),
                 voice=self.voice,
+                speed=speed,
+                steps=steps,
                 seed=k,
-                lead_silence_s=0.3 if k else 0.0,
+                lead_silence_s=0.3 / speed if k else 0.0,
             )
             job = Job(utt, Priority.HIGH if k == 0 else Priority.NORMAL, deadline, ticket,
                       on_done, index=k, pieces=True)  # fmt: skip
@@ -291,6 +298,45 @@ def listeners(
     return streams
 
 
+def heavy(
+    count: int = 4, probes: int = 5, settle_s: float = 8.0, costs: Costs = QUIET_2CORE
+) -> dict[str, float]:
+    """`loadtest --heavy`: a newcomer's TTFA, idle and while `count` maximum-cost requests
+    stream (5000 characters, steps 50, speed 0.5), probed one after another."""
+    from loadtest.heavy import HEAVY_SPEED, HEAVY_STEPS, NEWCOMER, heavy_text
+
+    idle = Simulation(costs)
+    first = idle.request(NEWCOMER)
+    idle.run_until_idle()
+    assert first.ttfa is not None
+    sim = Simulation(costs)
+    big = Text(id="heavy", language="en", text=heavy_text())
+    for _ in range(count):
+        sim.request(big, steps=HEAVY_STEPS, speed=HEAVY_SPEED)
+    loaded: list[SimStream] = []
+
+    def probe(when: float) -> None:
+        def again(stream: SimStream) -> None:
+            if len(loaded) < probes:
+                sim.clock.at(sim.clock.now + 0.3, probe)
+
+        loaded.append(sim.request(NEWCOMER, again, at=when))
+
+    sim.clock.at(settle_s, probe)
+    while len(loaded) < probes or loaded[-1].ttfa is None:
+        sim.clock.fire()
+        if sim.scheduler.step(block=False) is None:
+            sim.clock.now = sim.clock.next_event() or sim.clock.now
+    ttfas = [s.ttfa for s in loaded if s.ttfa is not None]
+    return {
+        "idle_s": first.ttfa,
+        "median_s": statistics.median(ttfas),
+        "max_s": max(ttfas),
+        "ratio_median": statistics.median(ttfas) / first.ttfa,
+        "ratio_max": max(ttfas) / first.ttfa,
+    }
+
+
 def report(level: int, streams: Sequence[SimStream], t1_s: float) -> dict[str, float]:
     ttfas = sorted(s.ttfa for s in streams if s.ttfa is not None)
     p95 = percentile(ttfas, 95) or 0.0
@@ -313,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--listeners", default="4,6,8")
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--seeds", type=int, default=3, help="runs per level, pooled")
+    parser.add_argument("--heavy", type=int, default=0, help="also the heavy case, N requests")
     args = parser.parse_args(argv)
     t1_s = t1()
     print(f"T1 {t1_s:.3f} s (simulated, {QUIET_2CORE})")
@@ -325,6 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{level:3d} listeners: {r['streams']:.0f} streams, TTFA p50 {r['p50']:.3f} "
             f"p95 {r['p95']:.3f} max {r['max']:.3f} (p95/T1 {r['p95_over_t1']:.2f}), "
             f"gapless {r['gapless']:.0%}, worst gap {r['worst_gap']:.2f} s"
+        )
+    if args.heavy:
+        h = heavy(args.heavy)
+        print(
+            f"heavy x{args.heavy}: newcomer idle {h['idle_s']:.3f} s, loaded median "
+            f"{h['median_s']:.3f} ({h['ratio_median']:.2f}x) max {h['max_s']:.3f} "
+            f"({h['ratio_max']:.2f}x)"
         )
     return 0
 

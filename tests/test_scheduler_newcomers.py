@@ -3,6 +3,7 @@ engine and a fake clock (see also tests/test_scheduler.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -143,3 +144,24 @@ def test_every_tick_is_traced_and_a_first_chunks_path_is_read_back(tmp_path) -> 
     assert path7.request_id == 7 and path7.ticks == 2
     assert np.isclose(path7.total_s, 0.05 + 0.020 + 0.020)  # queued, then 2 steps alone
     assert path7.company == 0
+
+
+def test_a_short_newcomer_does_not_share_its_step_with_a_50_step_first_chunk() -> None:
+    p = policy()
+    newcomer = running(9, HIGH, 0.0, frames=30, steps_left=5)
+    heavy = running(1, HIGH, 0.0, frames=200, steps_left=5)
+    heavy.flight.utterance = dataclasses.replace(heavy.flight.utterance, steps=50)
+    heavy.flight.step = 5  # 45 flow steps to go, over 200 frames
+    # Padding the newcomer to 200 frames would cost it 0.1 s a step instead of 0.016 s.
+    groups, _ = p.step_groups([heavy, newcomer], now=0.0, high_run_s=0.0)
+    assert groups == [[newcomer]]
+    # Once first chunks have had the engine for the burst bound, the heavy one steps too.
+    groups, _ = p.step_groups([heavy, newcomer], now=0.0, high_run_s=p.limits.high_burst_s)
+    assert ids(groups) == [[1, 9]]
+    # Comparable first chunks (a short sentence and a 60-character one) share the step.
+    longer = running(2, HIGH, 0.0, frames=49, steps_left=5)
+    assert ids(p.step_groups([longer, newcomer], now=0.0, high_run_s=0.0)[0]) == [[2, 9]]
+
+
+def ids(groups: list[list[Running]]) -> list[list[int]]:
+    return [sorted(r.ticket.request_id for r in g) for g in groups]

@@ -120,6 +120,7 @@ class Limits:
     max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
     urgent_margin_s: float = 0.6  # covers the tick in flight and the loop's jitter
     high_burst_s: float = 0.75
+    expensive_ratio: float = 4.0  # a first chunk with this much more work waits (CPU)
 
 
 class Policy:
@@ -251,7 +252,7 @@ class Policy:
         elif high and not (needy and high_run_s >= lim.high_burst_s):
             # First chunks alone, and later chunks that cannot wait for them: an urgent
             # chunk whose slack still covers the first chunks' remaining steps waits.
-            first = self._fill(high)
+            first = self._fill(self._cheap_first(high, high_run_s))
             ahead = self.high_left_s(first)
             urgent = [r for r in urgent if not self._can_wait(r, ahead, running, now)]
             groups = [g for g in (first, self._fill(urgent)) if g]
@@ -260,6 +261,20 @@ class Policy:
             order = [r for _, r in normal] if normal else high
         chosen = self._fill(order)
         return [chosen] if chosen else [], sum(1 for r in chosen if r in urgent)
+
+    def _cheap_first(self, high: Sequence[Running], high_run_s: float) -> list[Running]:
+        """First chunks by least remaining work; one with over `expensive_ratio` times the
+        least one's waits, so a short newcomer's step is not padded to a 50-step or
+        slow-speech first chunk's length, until first chunks have had the engine for
+        `high_burst_s` (then all step together, so none waits without bound)."""
+        if not high or high_run_s >= self.limits.high_burst_s:
+            return list(high)
+
+        def work(r: Running) -> float:  # engine time alone, fixed costs included
+            return r.flight.steps_left * self.cost.step_s(1, r.flight.frames)
+
+        least = min(work(r) for r in high)
+        return [r for r in high if work(r) <= self.limits.expensive_ratio * least]
 
     def high_left_s(self, group: Sequence[Running]) -> float:
         """Engine time until a group of first chunks, stepping together, has its first
