@@ -66,11 +66,11 @@ def test_an_urgent_later_chunk_waits_for_a_newcomer_when_its_slack_covers_it() -
     p = policy()
     newcomer = running(9, HIGH, 0.0, frames=30, steps_left=2)
     # The later chunk needs 2 x 0.05 s of steps + 0.14 s of vocoding = 0.24 s: urgent while
-    # its slack is at most 2 x 0.24 + 0.6 = 1.08 s. The newcomer needs 0.064 s more.
-    can_wait = running(1, NORMAL, 1.0, frames=100, steps_left=2)
+    # its slack is at most 2 x 0.24 + 0.4 = 0.88 s. The newcomer needs 0.042 s more.
+    can_wait = running(1, NORMAL, 0.8, frames=100, steps_left=2)
     groups, urgent = p.step_groups([newcomer, can_wait], now=0.0, high_run_s=0.0)
     assert groups == [[newcomer]] and urgent == 0
-    cannot = running(1, NORMAL, 0.5, frames=100, steps_left=2)
+    cannot = running(1, NORMAL, 0.6, frames=100, steps_left=2)
     groups, urgent = p.step_groups([newcomer, cannot], now=0.0, high_run_s=0.0)
     assert groups == [[newcomer], [cannot]] and urgent == 1
 
@@ -96,7 +96,8 @@ def test_a_first_piece_goes_out_before_the_urgent_later_chunks_step() -> None:
     engine = FakeEngine(clock, step_cost=0.001)
     s = started(Scheduler(engine, max_batch_tokens=300, clock=clock))
     out: list = []
-    s.submit(job(Ticket(1), NORMAL, clock.now + 0.8, out, tokens=250, steps=1, index=1))
+    # Its listener runs dry in 0.5 s and it needs ~0.27 s: it cannot wait for the newcomer.
+    s.submit(job(Ticket(1), NORMAL, clock.now + 0.5, out, tokens=250, steps=1, index=1))
     first: list = []
     s.submit(job(Ticket(2), HIGH, clock.now, first, tokens=30, steps=1))
     t0 = clock.now

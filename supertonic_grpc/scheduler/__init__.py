@@ -6,6 +6,7 @@ flow step and vocoded pieces, `stages` runs them on the engine and delivers the 
 """
 
 from supertonic_grpc.scheduler.core import Scheduler, StepDecision
+from supertonic_grpc.scheduler.cost import Affine, CostModel
 from supertonic_grpc.scheduler.jobs import (
     EngineLike,
     Job,
@@ -16,11 +17,12 @@ from supertonic_grpc.scheduler.jobs import (
     SchedulerStopped,
     Ticket,
 )
-from supertonic_grpc.scheduler.policy import CostModel, Limits, Policy, Running, Urgency
+from supertonic_grpc.scheduler.policy import Limits, Policy, Running, Urgency
 from supertonic_grpc.scheduler.stages import EngineShortfall, Stages
 from supertonic_grpc.scheduler.trace import TickTrace
 
 __all__ = [
+    "Affine",
     "CostModel",
     "EngineLike",
     "EngineShortfall",

@@ -32,6 +32,8 @@ from typing import TypeVar
 import numpy as np
 
 from supertonic_grpc.engine import Flight
+from supertonic_grpc.scheduler.cost import VOCODER_CONTEXT_FRAMES as CONTEXT
+from supertonic_grpc.scheduler.cost import CostModel
 from supertonic_grpc.scheduler.jobs import Job, Priority, Ticket
 
 _E = TypeVar("_E")
@@ -46,36 +48,6 @@ class Urgency(enum.IntEnum):
     URGENT = 0  # can still make its deadline, with little slack
     HOPELESS = 1  # cannot make it even alone: least-served first, bounded against newcomers
     FEASIBLE = 2  # has slack
-
-
-@dataclass
-class CostModel:
-    """Learned engine cost: seconds per padded frame of a flow step, per vocoded frame,
-    and per admitted token. A chunk's cost therefore grows with its steps."""
-
-    step_s_per_frame: float = 5e-4
-    vocode_s_per_frame: float = 1e-3
-    admit_s_per_token: float = 2e-4
-    # Small steps have a fixed cost; flooring the frames keeps them from looking free.
-    min_frames: int = 32
-
-    def step_s(self, rows: int, frames: int) -> float:
-        return self.step_s_per_frame * max(self.min_frames, rows * frames)
-
-    def vocode_s(self, frames: int) -> float:
-        return self.vocode_s_per_frame * max(self.min_frames, frames)
-
-    def learn_step(self, rows: int, frames: int, seconds: float) -> None:
-        sample = seconds / max(self.min_frames, rows * frames)
-        self.step_s_per_frame = 0.8 * self.step_s_per_frame + 0.2 * sample
-
-    def learn_vocode(self, frames: int, seconds: float) -> None:
-        sample = seconds / max(self.min_frames, frames)
-        self.vocode_s_per_frame = 0.8 * self.vocode_s_per_frame + 0.2 * sample
-
-    def learn_admit(self, tokens: int, seconds: float) -> None:
-        sample = seconds / max(1, tokens)
-        self.admit_s_per_token = 0.8 * self.admit_s_per_token + 0.2 * sample
 
 
 @dataclass(eq=False)
@@ -118,7 +90,7 @@ class Limits:
     # of vocoder context per extra piece, only under contention).
     contended_piece_frames: int = 40
     max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
-    urgent_margin_s: float = 0.6  # covers the tick in flight and the loop's jitter
+    urgent_margin_s: float = 0.4  # covers the tick in flight (<= ~0.1 s) and jitter
     high_burst_s: float = 0.75
     expensive_ratio: float = 4.0  # a first chunk with this much more work waits (CPU)
 
@@ -152,7 +124,7 @@ class Policy:
         """Engine time this chunk needs, alone, until its next piece."""
         f = r.flight
         return f.steps_left * self.cost.step_s(1, f.frames) + self.cost.vocode_s(
-            self._piece_frames(r) + 20
+            self._piece_frames(r) + CONTEXT
         )
 
     def urgency(self, slack: float, need: float) -> Urgency:
@@ -221,7 +193,7 @@ class Policy:
         """A queued later chunk's rank; its frames are estimated from its tokens."""
         frames = int(FRAMES_PER_TOKEN * len(job.utterance.token_ids))
         need = job.utterance.steps * self.cost.step_s(1, frames) + self.cost.vocode_s(
-            min(frames, self.limits.piece_frames) + 20
+            min(frames, self.limits.piece_frames) + CONTEXT
         )
         d = self.deadline(job, running)
         u = self.urgency(d - now, need)
@@ -353,7 +325,7 @@ class Policy:
         chunk early costs nothing overall, only a little of a newcomer's tick, so it is
         done well before its listener needs it."""
         slack = self.deadline(r.job, running) - now
-        return slack > 3 * self.cost.vocode_s(frames + 20) + 2 * self.limits.urgent_margin_s
+        return slack > 3 * self.cost.vocode_s(frames + CONTEXT) + 2 * self.limits.urgent_margin_s
 
     def follow_frames(self, contended: bool) -> int:
         """The piece decoded right after a first piece (which plays ~0.7 s): short while
