@@ -337,6 +337,47 @@ def heavy(
     }
 
 
+def serving(batch: int, seconds: float = 20.0, costs: Costs = QUIET_2CORE) -> dict[str, float]:
+    """`make bench`'s serving phase: 2B+2 closed-loop clients, one ~100-character chunk per
+    request, `--max-batch B`, no frame budget; audio seconds per second beside the engine's
+    own (a batch of B synthesized whole), as the bench's server/engine ratio."""
+    settings = Settings(max_batch=batch, max_batch_tokens=100_000, first_chunk_chars=300)
+    sim = Simulation(costs, settings)
+    lengths = [80 + (17 * k) % 41 for k in range(64)]  # 80..120 characters, mixed
+    audio = [0.0]
+    warmup = 5.0
+
+    def client(k: int) -> Callable[[float], None]:
+        def send(when: float) -> None:
+            if when >= warmup + seconds:
+                return
+            text = Text(id=f"b{k}", language="en", text="a" * lengths[k % len(lengths)])
+
+            def done(stream: SimStream) -> None:
+                if warmup <= sim.clock.now < warmup + seconds:
+                    audio[0] += stream.playback.audio_seconds
+                sim.clock.at(sim.clock.now, client(k + 2 * batch + 2))
+
+            sim.request(text, done, at=when)
+
+        return send
+
+    for k in range(2 * batch + 2):
+        sim.clock.at(0.0, client(k))
+    sim.run_until_idle()
+    served = audio[0] / seconds
+    c = costs
+    frames = [math.ceil(n / CHARS_PER_SECOND / DEFAULT_SPEED * SAMPLE_RATE / FRAME_SAMPLES)
+              for n in lengths[:batch]]  # fmt: skip
+    alone = (
+        c.admit_s + c.admit_per_token_s * sum(n + 2 for n in lengths[:batch])
+        + 5 * (c.step_s + c.step_per_frame_s * batch * max(frames))
+        + sum(c.vocode_s + c.vocode_per_frame_s * f for f in frames)
+    )  # fmt: skip
+    engine = sum(n / CHARS_PER_SECOND / DEFAULT_SPEED for n in lengths[:batch]) / alone
+    return {"server_rtf": served, "engine_rtf": engine, "ratio": served / engine}
+
+
 def report(level: int, streams: Sequence[SimStream], t1_s: float) -> dict[str, float]:
     ttfas = sorted(s.ttfa for s in streams if s.ttfa is not None)
     p95 = percentile(ttfas, 95) or 0.0
@@ -360,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--seeds", type=int, default=3, help="runs per level, pooled")
     parser.add_argument("--heavy", type=int, default=0, help="also the heavy case, N requests")
+    parser.add_argument("--serving", action="store_true", help="also make bench's serving phase")
     args = parser.parse_args(argv)
     t1_s = t1()
     print(f"T1 {t1_s:.3f} s (simulated, {QUIET_2CORE})")
@@ -372,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{level:3d} listeners: {r['streams']:.0f} streams, TTFA p50 {r['p50']:.3f} "
             f"p95 {r['p95']:.3f} max {r['max']:.3f} (p95/T1 {r['p95_over_t1']:.2f}), "
             f"gapless {r['gapless']:.0%}, worst gap {r['worst_gap']:.2f} s"
+        )
+    for b in (1, 8) if args.serving else ():
+        r = serving(b, seconds=40.0)
+        print(
+            f"serving B={b}: server {r['server_rtf']:.2f}x real time, engine "
+            f"{r['engine_rtf']:.2f}x: {r['ratio']:.3f}"
         )
     if args.heavy:
         h = heavy(args.heavy)

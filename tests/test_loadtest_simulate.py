@@ -71,3 +71,11 @@ def test_six_listeners_pass_the_capacity_rule_in_simulation() -> None:
     streams = [s for seed in range(2) for s in simulate.listeners(6, duration_s=30.0, seed=seed)]
     report = simulate.report(6, streams, simulate.t1())
     assert report["passes"] == 1.0
+
+
+def test_the_serving_phase_keeps_the_engines_throughput_in_simulation() -> None:
+    # `make bench`'s serving phase (2B+2 closed-loop clients, one ~100-character chunk each)
+    # against the engine alone: newcomer rules must not cost throughput (extra pieces'
+    # vocoder context, decoding deferred while clients wait). The old policy: 0.99.
+    assert simulate.serving(1, seconds=40.0)["ratio"] >= 0.95
+    assert simulate.serving(8, seconds=40.0)["ratio"] >= 0.94

@@ -108,22 +108,25 @@ def test_a_first_piece_goes_out_before_the_urgent_later_chunks_step() -> None:
     assert tick.first_pieces == ((2, t0 + 0.030),)
 
 
-def test_the_piece_after_a_first_piece_is_short_while_another_newcomer_waits() -> None:
-    def second_piece(other_newcomer: bool) -> int:
+def test_the_piece_after_a_first_piece_is_short_only_to_let_a_much_cheaper_newcomer_in() -> None:
+    def second_piece(other_tokens: int | None) -> int:
         clock = FakeClock()
         engine = FakeEngine(clock)
         s = started(Scheduler(engine, clock=clock))
         out: list = []
-        s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=200, steps=1))
-        if other_newcomer:
-            engine.during_step = lambda: s.submit(job(Ticket(2), HIGH, clock.now, []))
+        s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=200, steps=2))  # 400 frame-steps
+        s.step(block=False)
+        if other_tokens is not None:  # arrives during the chunk's last step
+            other = job(Ticket(2), HIGH, clock.now, [], tokens=other_tokens, steps=2)
+            engine.during_step = lambda: s.submit(other)
         s.step(block=False)
         pieces = results(out)
         assert len(pieces[0].synthesized.audio) == 100  # the 10-frame first piece
         return len(pieces[1].synthesized.audio) // 10
 
-    assert second_piece(other_newcomer=False) == 120
-    assert second_piece(other_newcomer=True) == 40
+    assert second_piece(None) == 120
+    assert second_piece(other_tokens=20) == 40  # 40 frame-steps: under a quarter
+    assert second_piece(other_tokens=150) == 120  # comparable: no extra vocoder context
 
 
 def test_every_tick_is_traced_and_a_first_chunks_path_is_read_back(tmp_path) -> None:

@@ -315,9 +315,10 @@ class Scheduler:
         firsts = early + [r for r, _ in pieces if r.high]
         vocoded += self._vocode(pieces, errors)
         # A first piece plays for only ~0.7 s: decode what follows it right after it is out
-        # (a short piece while other newcomers wait: the rest follows at the next ticks).
-        frames = self.policy.follow_frames(self._contended())
-        follow = [(r, frames) for r in firsts if r in self._running]
+        # (a short one when it would hold up a much cheaper newcomer: see follow_frames).
+        # Newcomers still without first audio: queued, or admitted and stepping.
+        waiting = [e[2] for e in list(self._high)] + [r.job for r in self._running if r.high]
+        follow = [(r, self.policy.follow_frames(r, waiting)) for r in firsts if r in self._running]
         vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0

@@ -236,17 +236,24 @@ class Policy:
 
     def _cheap_first(self, high: Sequence[Running], high_run_s: float) -> list[Running]:
         """First chunks by least remaining work; one with over `expensive_ratio` times the
-        least one's waits, so a short newcomer's step is not padded to a 50-step or
-        slow-speech first chunk's length, until first chunks have had the engine for
-        `high_burst_s` (then all step together, so none waits without bound)."""
+        least one's and a longer latent waits, so a short newcomer's step is not padded to a
+        50-step or slow-speech first chunk's length, until first chunks have had the engine
+        for `high_burst_s` (then all step together, so none waits without bound)."""
         if not high or high_run_s >= self.limits.high_burst_s:
             return list(high)
 
         def work(r: Running) -> float:  # engine time alone, fixed costs included
             return r.flight.steps_left * self.cost.step_s(1, r.flight.frames)
 
-        least = min(work(r) for r in high)
-        return [r for r in high if work(r) <= self.limits.expensive_ratio * least]
+        lead = min(high, key=work)
+        ratio = self.limits.expensive_ratio
+
+        def waits(r: Running) -> bool:
+            # Only a longer latent pads the lead's step; chunks of about its length share
+            # it whatever their step index (a batch at mixed step indices is still a batch).
+            return work(r) > ratio * work(lead) and r.flight.frames > 1.5 * lead.flight.frames
+
+        return [r for r in high if not waits(r)]
 
     def high_left_s(self, group: Sequence[Running]) -> float:
         """Engine time until a group of first chunks, stepping together, has its first
@@ -327,10 +334,19 @@ class Policy:
         slack = self.deadline(r.job, running) - now
         return slack > 3 * self.cost.vocode_s(frames + CONTEXT) + 2 * self.limits.urgent_margin_s
 
-    def follow_frames(self, contended: bool) -> int:
-        """The piece decoded right after a first piece (which plays ~0.7 s): short while
-        other first chunks are queued or in flight."""
-        if contended and not self.limits.mix:
+    def follow_frames(self, r: Running, waiting: Sequence[Job]) -> int:
+        """The piece decoded right after a first piece (which plays ~0.7 s): the usual
+        long piece, or a short one when a newcomer (queued or stepping) has less than
+        1/`expensive_ratio` of this chunk's work (a 50-step or slow-speech chunk yields
+        to a short request; between comparable first chunks the extra piece's vocoder
+        context would only cost throughput)."""
+        if self.limits.mix or not waiting:
+            return self.limits.piece_frames
+        mine = r.job.utterance.steps * r.flight.frames
+        least = min(
+            j.utterance.steps * FRAMES_PER_TOKEN * len(j.utterance.token_ids) for j in waiting
+        )
+        if mine > self.limits.expensive_ratio * least:
             return self.limits.contended_piece_frames
         return self.limits.piece_frames
 
