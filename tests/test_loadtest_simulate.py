@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from loadtest import simulate
+from loadtest import simengine, simulate
 from loadtest.listeners import T1_TEXT
-from loadtest.simulate import QUIET_2CORE, CostEngine, SimClock, Simulation
+from loadtest.simengine import QUIET_2CORE, CostEngine, SimClock, Simulation
 from supertonic_grpc.engine import DEFAULT_SPEED, Utterance
 
 
@@ -20,7 +20,7 @@ def test_t1_is_the_cost_of_admission_five_steps_and_a_first_piece() -> None:
         c.admit_s + c.admit_per_token_s * 36
         + 5 * (c.step_s + c.step_per_frame_s * frames)
         + c.vocode_s + c.vocode_per_frame_s * 10
-        + simulate.LOOP_HOP_S
+        + simengine.LOOP_HOP_S
     )  # fmt: skip
     assert simulate.t1() == pytest.approx(expected)
 

@@ -5,8 +5,9 @@ flow step and vocoded pieces, `stages` runs them on the engine and delivers the 
 `core` is the thread, its locked inbox and the record of every tick.
 """
 
-from supertonic_grpc.scheduler.core import Scheduler, StepDecision
+from supertonic_grpc.scheduler.core import Scheduler
 from supertonic_grpc.scheduler.cost import Affine, CostModel
+from supertonic_grpc.scheduler.decision import StepDecision
 from supertonic_grpc.scheduler.jobs import (
     EngineLike,
     Job,

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import IO
 
-from supertonic_grpc.scheduler.core import StepDecision
+from supertonic_grpc.scheduler.decision import StepDecision
 
 
 class TickTrace:
