@@ -112,7 +112,8 @@ def test_the_piece_after_a_first_piece_is_short_only_to_let_a_much_cheaper_newco
     def second_piece(other_tokens: int | None) -> int:
         clock = FakeClock()
         engine = FakeEngine(clock)
-        s = started(Scheduler(engine, clock=clock))
+        # A 0.5 s first piece: what follows it is due before any newcomer could go first.
+        s = started(Scheduler(engine, clock=clock, limits=Limits(first_piece_frames=5)))
         out: list = []
         s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=200, steps=2))  # 400 frame-steps
         s.step(block=False)
@@ -121,7 +122,7 @@ def test_the_piece_after_a_first_piece_is_short_only_to_let_a_much_cheaper_newco
             engine.during_step = lambda: s.submit(other)
         s.step(block=False)
         pieces = results(out)
-        assert len(pieces[0].synthesized.audio) == 100  # the 10-frame first piece
+        assert len(pieces[0].synthesized.audio) == 50  # the 5-frame first piece
         return len(pieces[1].synthesized.audio) // 10
 
     assert second_piece(None) == 120

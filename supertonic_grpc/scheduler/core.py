@@ -336,7 +336,7 @@ class Scheduler:
     ) -> tuple[tuple[int, int, int], ...]:
         """First pieces in one call; on CPU later pieces one call each, and once a
         newcomer has arrived only those whose listener cannot wait for it."""
-        if self.limits.mix or len(pieces) <= 1:
+        if self.limits.mix or not pieces:  # GPU: one batched call
             return self.stages.vocode(pieces, errors)
         firsts = [p for p in pieces if p[0].high]
         done = self.stages.vocode(firsts, errors)

@@ -20,6 +20,11 @@ Rules, in order:
 - Fair share: the first pass takes one chunk per request, the second fills what is left.
 - Every step is bounded by `max_batch` rows and `max_step_frames` padded frames (rows x
   longest latent), so one tick, and therefore any newcomer's wait, stays short.
+- Newcomers do not wait for what can wait (CPU): an urgent later chunk whose slack covers
+  the first chunks' remaining steps waits for them; a first chunk of over
+  `expensive_ratio` times a newcomer's work and a longer latent does not pad its step;
+  while first chunks are queued or in flight, later pieces are decoded only when due, and
+  short; the piece after a first piece is short only for a much cheaper newcomer.
 """
 
 from __future__ import annotations
