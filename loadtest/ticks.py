@@ -28,7 +28,7 @@ class FirstAudio:
     queue_s: float  # submit -> the start of the tick that admitted it (the tick in flight)
     ticks: int  # ticks from that one to the one that vocoded its first piece, inclusive
     admit_s: float  # admission stages of those ticks (everyone's)
-    step_s: float  # flow-step stages of those ticks (its own steps and its company's)
+    step_s: float  # flow-step stages of those ticks (its steps, its company's, first pieces)
     vocode_s: float  # vocoding before its first piece: the earlier ticks' and its own tick's
     company: int  # other chunks stepped in those ticks (each counted once per tick)
 

@@ -25,7 +25,9 @@ class StepDecision:
     error: str = ""
     admitted_priorities: tuple[Priority, ...] = ()  # of `admitted`, in order
     queue_waits: tuple[float, ...] = ()  # of `admitted`: submit -> this tick's start
-    stage_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # admission, flow step, vocoding
+    # Seconds of admission, of the flow step (with first pieces decoded right after it), and
+    # of the rest of the vocoding.
+    stage_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
     first_pieces: tuple[tuple[int, float], ...] = ()  # (request, when) of first audio handed over
 
     @property
