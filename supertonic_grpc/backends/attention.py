@@ -7,7 +7,7 @@ masking, softmax and the weighted sum as separate kernels on `[B, H, L, T]`. The
 forward (`install`): projections on weights packed once for oneDNN, the style keys computed
 once, `scaled_dot_product_attention` for the attention itself (one fused kernel; a masked key
 gets exactly zero weight, as the paper's -1e4 logit does whenever a row has a real key, which
-every row has), the residual add fused into the output projection, and no mask arithmetic
+every row has), and no mask arithmetic
 when a mask is all ones. Rotary positions are the model's own `_rotate`, in float32.
 
 In every precision these blocks stay float32 (see `precision.py`); the result differs from the
@@ -29,8 +29,7 @@ _PACK_ROWS = 256
 
 
 class PackedLinear:
-    """`nn.Linear` on `[..., in]` with its weight packed once for oneDNN, optionally adding a
-    residual inside the product."""
+    """`nn.Linear` on `[..., in]` with its weight packed once for oneDNN."""
 
     def __init__(self, layer: Linear) -> None:
         lin = layer.linear
@@ -39,11 +38,10 @@ class PackedLinear:
             lin.weight.detach().contiguous(), _PACK_ROWS
         )
 
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        linear = torch.ops.mkldnn._linear_pointwise
-        if residual is None:
-            return linear(x.contiguous(), self.weight, self.bias, "none", [], "")
-        return linear.binary(x.contiguous(), residual, self.weight, self.bias, "add")
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(
+            x.contiguous(), self.weight, self.bias, "none", [], ""
+        )
 
 
 class _Norm:
@@ -61,7 +59,7 @@ def _residual_norm(
 ) -> torch.Tensor:
     """`norm(x + proj(out) * mask) * mask` on `[B, L, C]`, returned as a `[B, C, L]` view."""
     if mask is None:
-        y = norm(proj(out, residual=x))
+        y = norm(proj(out).add_(x))
     else:
         y = norm(torch.addcmul(x, proj(out), mask)).mul_(mask)
     return y.transpose(1, 2)

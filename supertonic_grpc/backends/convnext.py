@@ -11,8 +11,8 @@ pays for transposed copies and for masks that multiply by one.
 `install` gives every block, every stack of blocks and the vocoder's decoder a prepared
 forward: the same arithmetic on `[B, T, C]` from the stack's entry to its exit (one transpose
 in, a free view out), the depthwise convolution on oneDNN's channels-last path, the MLP's
-weights packed once with GELU fused into the first product and the layer scale and the
-residual add fused into the second, the input mask applied once per stack (a block's output
+weights packed once with GELU fused into the first product and the layer scale folded into
+the second, the input mask applied once per stack (a block's output
 is already masked), and no mask at all when it is all ones (a batch of one, or of equal
 lengths). In float32 the result differs from the paper form only by rounding (about 1e-7).
 
@@ -46,7 +46,10 @@ class ChannelsLastConv:
     """A Conv1d on `[B, T, C_in]` -> `[B, T, C_out]`, edge values repeated `left`/`right` times.
 
     The input is viewed as a channels-last `[B, C, 1, T]` image (no copy), which puts oneDNN on
-    its fast path; the output comes back already `[B, T, C]`.
+    its fast path; the output comes back already `[B, T, C]`. A symmetric depthwise convolution
+    pads with zeros inside oneDNN and then adds what the repeated edge values would have
+    contributed (a few rows, from weight sums computed once) instead of copying the whole
+    input into a padded one.
     """
 
     def __init__(self, conv: nn.Conv1d, left: int, right: int) -> None:
@@ -58,8 +61,22 @@ class ChannelsLastConv:
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
         self.dilation = (1, conv.dilation[0])
         self.groups = conv.groups
+        self.edges: tuple[torch.Tensor, torch.Tensor] | None = None
+        depthwise = conv.groups == conv.in_channels == conv.out_channels
+        # Only undilated: oneDNN's zero-padded path is slower than the copy when dilated.
+        if depthwise and left == right > 0 and conv.dilation[0] == 1:
+            w = conv.weight.detach()[:, 0, :]  # [C, K]
+            taps = torch.arange(w.shape[1]) * conv.dilation[0]
+            rows = torch.arange(left)
+            # Output i reads x[i + tap - left]; below 0 that is x[0], at or past T it is x[-1].
+            before = (taps[None, :] < (left - rows)[:, None]).to(w.dtype)  # [left, K]
+            after = (taps[None, :] >= (left + rows + 1)[:, None]).to(w.dtype)  # [r from end, K]
+            # [left, C]: the weight on x[0] of output i; on x[-1] of output T-1-r (reversed).
+            self.edges = (before @ w.T, (after @ w.T).flip(0))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.edges is not None:
+            return self._zero_padded(x)
         parts = [x]
         if self.left:
             parts.insert(0, x[:, :1].expand(-1, self.left, -1))
@@ -71,6 +88,20 @@ class ChannelsLastConv:
             dilation=self.dilation, groups=self.groups,
         )  # fmt: skip
         return y.squeeze(2).transpose(1, 2)  # [B, T, C_out], contiguous
+
+    def _zero_padded(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.edges is not None
+        first, last = self.edges
+        p, t = self.left, x.shape[1]
+        y = F.conv2d(
+            x.contiguous().transpose(1, 2).unsqueeze(2), self.weight, self.bias,
+            padding=(0, p), dilation=self.dilation, groups=self.groups,
+        )  # fmt: skip
+        y = y.squeeze(2).transpose(1, 2)
+        m = min(p, t)
+        y[:, :m].addcmul_(x[:, :1], first[:m])
+        y[:, t - m :].addcmul_(x[:, -1:], last[p - m :])
+        return y
 
 
 class ChannelsLastConvNeXt:

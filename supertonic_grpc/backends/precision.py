@@ -83,11 +83,9 @@ class PointwiseMLP:
         else:
             linear = torch.ops.mkldnn._linear_pointwise
             h = linear(y.to(self.dtype), self.w1, self.b1, "gelu", [], "none")
-            if residual is not None and self.dtype == torch.float32:
-                # The residual add fused into the product (oneDNN's binary post-op).
-                return linear.binary(h, residual, self.w2, self.b2, "add")
             out = linear(h, self.w2, self.b2, "none", [], "").float()
-        return out if residual is None else residual + out
+        # Not oneDNN's fused binary add: measured 15x slower than the product plus an add here.
+        return out if residual is None else out.add_(residual)
 
 
 def _int8_pack(w: torch.Tensor, b: torch.Tensor) -> object:
