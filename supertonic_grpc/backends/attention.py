@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from supertonic_grpc.backends.convnext import frame_mask
 from supertonic_grpc.model.layers import ChannelLayerNorm, Linear
@@ -76,13 +76,7 @@ class FastTextBlock:
         self.o = PackedLinear(attn.out_fc)
         self.norm = _Norm(block.norm)
 
-    def __call__(
-        self,
-        x: torch.Tensor,
-        text: torch.Tensor,
-        latent_mask: torch.Tensor,
-        text_mask: torch.Tensor,
-    ) -> torch.Tensor:
+    def __call__(self, x: Tensor, text: Tensor, latent_mask: Tensor, text_mask: Tensor) -> Tensor:
         b, _, length = x.shape
         h, d = self.h, self.d
         xt = x.transpose(1, 2).contiguous()  # free when x is a channels-last view
