@@ -25,7 +25,12 @@ def test_a_maximum_chunk_at_half_speed_fits_the_latent(language: str, text: str)
         chunking=tts_pb2.ChunkingConfig(max_chunk_chars=1000),
     )
     plan = plan_request(
-        req, settings=Settings(), voices=bundle.voices, tokenizer=bundle.tokenizer, streaming=True
+        req,
+        settings=Settings(),
+        voices=bundle.voices,
+        tokenizer=bundle.tokenizer,
+        native_rate=bundle.config.sample_rate,
+        streaming=True,
     )
     limit = fitting_chunk_chars(language, 0.5)
     assert limit < 1000
@@ -46,7 +51,12 @@ def test_chunk_joins_pause_like_a_speaker_by_how_the_previous_chunk_ends() -> No
         chunking=tts_pb2.ChunkingConfig(max_chunk_chars=20, first_chunk_chars=20),
     )
     plan = plan_request(
-        req, settings=Settings(), voices=bundle.voices, tokenizer=bundle.tokenizer, streaming=True
+        req,
+        settings=Settings(),
+        voices=bundle.voices,
+        tokenizer=bundle.tokenizer,
+        native_rate=bundle.config.sample_rate,
+        streaming=True,
     )
     pauses = [c.utterance.lead_silence_s for c in plan.chunks]
     assert pauses[0] == 0.0  # nothing before the first audio

@@ -44,7 +44,12 @@ def _plan(text: str, language: str = "en") -> Plan:
         chunking=tts_pb2.ChunkingConfig(max_chunk_chars=40, first_chunk_chars=20),
     )
     return plan_request(
-        req, settings=Settings(), voices=bundle.voices, tokenizer=bundle.tokenizer, streaming=True
+        req,
+        settings=Settings(),
+        voices=bundle.voices,
+        tokenizer=bundle.tokenizer,
+        native_rate=bundle.config.sample_rate,
+        streaming=True,
     )
 
 

@@ -19,7 +19,6 @@ from supertonic_grpc import audio
 from supertonic_grpc.cli.common import CommandError, UsageError, add_model_dir, add_server, connect
 from supertonic_grpc.text import LANGUAGES
 
-NATIVE_RATE = 44100
 _RAW_ENCODINGS = ("LINEAR16", "PCM_F32", "MULAW", "ALAW")
 
 
@@ -90,6 +89,7 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
             settings=Settings(),
             voices=model.voices,
             tokenizer=model.tokenizer,
+            native_rate=model.config.sample_rate,
             streaming=False,
         )
     except RequestError as exc:
@@ -106,9 +106,9 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
         raise CommandError(str(exc)) from exc
     wall = time.perf_counter() - start
     samples = np.concatenate([r.audio for r in results])
-    seconds = len(samples) / NATIVE_RATE
-    if plan.sample_rate != NATIVE_RATE:
-        samples = audio.resample(samples, NATIVE_RATE, plan.sample_rate)
+    seconds = len(samples) / plan.native_rate
+    if plan.sample_rate != plan.native_rate:
+        samples = audio.resample(samples, plan.native_rate, plan.sample_rate)
     if out is not None:
         out.write(audio.encode(samples, plan.encoding, plan.sample_rate))
         dest = "stdout"
@@ -122,6 +122,7 @@ class _WavWriter:
     """Writes a 16-bit WAV as chunks arrive; the header's sizes are fixed up at the end."""
 
     def __init__(self, path: str) -> None:
+        self.path = Path(path)
         self._file: io.BufferedWriter = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.rate = 0
         self.samples = 0
@@ -134,9 +135,15 @@ class _WavWriter:
         self._file.flush()  # a player reading the file as it grows gets every chunk
         self.samples += len(samples)
 
-    def close(self) -> None:
+    def close(self, rate: int | None) -> None:
+        """Fix up the header. `rate` (the stream's, from its summary) is for a file that got
+        no audio; without it too the stream failed, and the file is removed."""
         if not self.rate:
-            self.rate = NATIVE_RATE
+            if not rate:
+                self._file.close()
+                self.path.unlink(missing_ok=True)
+                return
+            self.rate = rate
             self._file.write(audio.wav_header(0, self.rate))
         self._file.seek(0)
         self._file.write(audio.wav_header(self.samples, self.rate))
@@ -149,6 +156,7 @@ def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
     options = _request_options(args)
     start = time.perf_counter()
     writer = None if out is not None else _WavWriter(args.output)
+    stream = None
     try:
         with connect(args) as client:
             stream = client.stream(args.text, **options)  # type: ignore[arg-type]
@@ -163,10 +171,10 @@ def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
             raise UsageError(exc.message) from None
         raise CommandError(f"server {args.server}: {exc}") from None
     finally:
+        summary = stream.summary if stream is not None else None
         if writer is not None:
-            writer.close()
+            writer.close(summary.sample_rate_hz if summary is not None else None)
     wall = time.perf_counter() - start
-    summary = stream.summary
     if summary is None:
         raise CommandError(f"server {args.server}: the stream ended without a summary")
     dest = "stdout" if out is not None else args.output
@@ -206,7 +214,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=_RAW_ENCODINGS,
         help="wire/raw encoding (the WAV file is always 16-bit)",
     )
-    p.add_argument("--sample-rate", type=int, default=0, help="Hz, 8000..48000 (0: 44100)")
+    p.add_argument("--sample-rate", type=int, default=0, help="Hz, 8000..48000 (0: the model's)")
     p.add_argument("--device", default="auto", help="local model device: auto, cpu, cuda")
     add_model_dir(p)
     add_server(p)
