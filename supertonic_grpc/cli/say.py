@@ -23,17 +23,9 @@ _RAW_ENCODINGS = ("LINEAR16", "PCM_F32", "MULAW", "ALAW")
 
 
 def _check_say_args(args: argparse.Namespace) -> None:
-    """Checks that need no model, so bad input fails before a slow bundle load."""
-    from supertonic_grpc.engine import MAX_SPEED, MAX_STEPS, MIN_SPEED, MIN_STEPS
-
+    """Checks that need neither a model nor a server, so bad input fails at once."""
     if not args.text.strip():
         raise UsageError("text: must not be empty")
-    if args.speed is not None and not (
-        math.isfinite(args.speed) and MIN_SPEED <= args.speed <= MAX_SPEED
-    ):
-        raise UsageError(f"speed: {args.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
-    if args.steps is not None and not MIN_STEPS <= args.steps <= MAX_STEPS:
-        raise UsageError(f"steps: {args.steps} is not in {MIN_STEPS}..{MAX_STEPS}")
     if args.lang.strip().lower() not in LANGUAGES:
         raise UsageError(
             f"language: {args.lang!r} is not supported; use one of {', '.join(LANGUAGES)}"
@@ -43,6 +35,19 @@ def _check_say_args(args: argparse.Namespace) -> None:
             f"sample rate: {args.sample_rate} is not in "
             f"{audio.MIN_SAMPLE_RATE}..{audio.MAX_SAMPLE_RATE}"
         )
+
+
+def _check_engine_limits(args: argparse.Namespace) -> None:
+    """The local engine's limits, checked before the slow bundle load (a server checks its
+    own: `--server` leaves them to it)."""
+    from supertonic_grpc.engine import MAX_SPEED, MAX_STEPS, MIN_SPEED, MIN_STEPS
+
+    if args.speed is not None and not (
+        math.isfinite(args.speed) and MIN_SPEED <= args.speed <= MAX_SPEED
+    ):
+        raise UsageError(f"speed: {args.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
+    if args.steps is not None and not MIN_STEPS <= args.steps <= MAX_STEPS:
+        raise UsageError(f"steps: {args.steps} is not in {MIN_STEPS}..{MAX_STEPS}")
 
 
 def _request_options(args: argparse.Namespace) -> dict[str, object]:
@@ -58,8 +63,10 @@ def _request_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _summary_line(
-    dest: str, seconds: float, chunks: int, wall: float, voice: str, state: str
+    dest: str, seconds: float, chunks: int, wall: float, voice: str, state: str, hint: str
 ) -> str:
+    """One line about the audio; with the demo model, a warning and `hint` (how to get
+    the real one)."""
     rtf = seconds / wall if wall > 0 else float("inf")
     line = (
         f"{dest}: {seconds:.2f} s of audio in {chunks} chunk{'s' if chunks != 1 else ''}, "
@@ -67,9 +74,7 @@ def _summary_line(
     )
     if state != "demo":
         return line
-    from supertonic_grpc.bundle import DOWNLOAD_HINT
-
-    return f"{line}; WARNING: demo model, the audio is NOISE; to hear speech, {DOWNLOAD_HINT}"
+    return f"{line}; WARNING: demo model, the audio is NOISE; to hear speech, {hint}"
 
 
 def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
@@ -80,6 +85,7 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
     from supertonic_grpc.settings import Settings
     from supertonic_grpc.validation import RequestError, plan_request
 
+    _check_engine_limits(args)
     model = bundle.load_bundle(args.model_dir or None)
     req = build_request(args.text, **_request_options(args))  # type: ignore[arg-type]
     try:
@@ -115,7 +121,9 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
     else:
         Path(args.output).write_bytes(audio.wav_bytes(samples, plan.sample_rate))
         dest = args.output
-    return _summary_line(dest, seconds, len(results), wall, plan.voice.name, model.state)
+    return _summary_line(
+        dest, seconds, len(results), wall, plan.voice.name, model.state, bundle.DOWNLOAD_HINT
+    )
 
 
 class _WavWriter:
@@ -178,8 +186,9 @@ def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
     if summary is None:
         raise CommandError(f"server {args.server}: the stream ended without a summary")
     dest = "stdout" if out is not None else args.output
+    hint = f"the server needs the model files ({args.server} has none)"
     return _summary_line(
-        dest, summary.audio_seconds, summary.chunks, wall, summary.voice, summary.model_state
+        dest, summary.audio_seconds, summary.chunks, wall, summary.voice, summary.model_state, hint
     )
 
 
