@@ -168,7 +168,8 @@ class AudioWriter:
         if self.ttfa is None:
             self.ttfa = now - self.started
             self.metrics.time_to_first_audio_seconds.labels(self.method).observe(self.ttfa)
-        gap = self.clock.on_chunk_sent(ready, seconds)
+        # Written now: a slow reader is back-pressure, not a gap.
+        gap = self.clock.on_chunk_written(ready, now, seconds)
         if underrun:
             self.metrics.observe_playback(gap)
         self.offset += seconds

@@ -26,7 +26,7 @@ from supertonic_grpc.engine import Engine
 from supertonic_grpc.engine import device as devices
 from supertonic_grpc.engine.serving import build_engine, warm_up
 from supertonic_grpc.metrics import Metrics
-from supertonic_grpc.scheduler import Scheduler, SchedulerStopped
+from supertonic_grpc.scheduler import Scheduler, SchedulerStopped, TickTrace
 from supertonic_grpc.service import ModelInfo, TextToSpeechService
 from supertonic_grpc.settings import Settings, SettingsError
 from supertonic_grpc.voices import UnknownVoiceError
@@ -75,16 +75,22 @@ class RunningServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def stop(self, grace: float) -> None:
-        """Drain: NOT_SERVING, refuse new work, let in-flight requests finish within `grace`.
+    async def stop(self, grace: float, announce_s: float = 0.0) -> None:
+        """Drain in two phases, so that nothing in flight is lost.
 
-        The port closes at once (GOAWAY), so a proxy moves new streams to another replica
-        straight away; in-flight streams go on until they end or `grace` runs out.
+        Announce (`announce_s`): health turns NOT_SERVING (gRPC and `/readyz`) while the port
+        stays open, so a health checker reads NOT_SERVING instead of a refused connection and
+        moves traffic away; new requests get UNAVAILABLE (a client's retry policy sends them
+        to another replica) and streams in flight go on. Then the port closes (GOAWAY), so a
+        proxy that does not watch health moves new streams on at connect, and the streams in
+        flight finish within `grace`.
         """
         self.service.draining = True
         for task in self._tasks:
             task.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if announce_s > 0:
+            await asyncio.sleep(announce_s)
         await self.close(grace)
 
     async def close(self, grace: float = 0.0, scheduler_timeout_s: float = 10.0) -> None:
@@ -158,6 +164,7 @@ async def start_server(
         max_batch_tokens=settings.resolved_max_batch_tokens(engine.device.type),
         mix_priorities=engine.device.type == "cuda",
         metrics=metrics,
+        trace=TickTrace(settings.trace_ticks) if settings.trace_ticks else None,
     )
     scheduler.start()
     service = TextToSpeechService(
@@ -322,8 +329,13 @@ async def serve(
         log.error("exiting: %s", running.service.fatal)
         return 1
     failed.cancel()
-    log.info("draining: finishing in-flight streams for up to %.0f s", settings.grace_s)
-    drain = asyncio.create_task(running.stop(settings.grace_s))
+    log.info(
+        "draining: NOT_SERVING for %g s with the port open, then in-flight streams get up to "
+        "%g s to finish",
+        settings.drain_announce_s,
+        settings.grace_s,
+    )
+    drain = asyncio.create_task(running.stop(settings.grace_s, settings.drain_announce_s))
     forced = asyncio.create_task(force.wait())
     await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
     if not drain.done():

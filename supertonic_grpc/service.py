@@ -129,7 +129,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         """Refuse work while warming up or draining (run by `Rpcs` before taking a slot)."""
         if self.draining:
             self.metrics.rejected_total.labels("draining").inc()
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "server is draining for shutdown; retry on another one"
+            )
         if self.fatal is not None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server failed; retry on another one")
         if not self.ready:

@@ -245,7 +245,7 @@ class StreamingCall:
                 now - start.completed_at
             )
         for sec in seconds:  # waiting for text is no underrun
-            self.writer.sent(sec, now, now, underrun=start is None or not start.after_idle)
+            self.writer.sent(sec, result.ready, now, underrun=start is None or not start.after_idle)
         self.writer.finished(result)
         self.sent += 1
         self.last_activity = now
