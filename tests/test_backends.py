@@ -237,11 +237,11 @@ def test_int8_is_refused_off_cpu() -> None:
 
 
 def test_precision_setting_reaches_the_engine_and_bad_values_fail_at_start() -> None:
-    from supertonic_grpc.server import build_engine
+    from supertonic_grpc.engine.serving import build_engine
     from supertonic_grpc.settings import Settings, SettingsError, load_settings
 
     assert load_settings(environ={"SUPERTONIC_PRECISION": "bf16"}).precision == "bf16"
     with pytest.raises(SettingsError, match="--precision"):
         Settings(precision="fp16").validate()
     with pytest.raises(ValueError, match="--precision"):
-        build_engine(demo_bundle(), Settings(device="cpu", precision="fp16"))
+        build_engine(demo_bundle().model, Settings(device="cpu", precision="fp16"), demo=True)

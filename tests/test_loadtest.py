@@ -168,6 +168,12 @@ def test_parse_metrics_and_level_delta() -> None:
 # --- texts and flags -------------------------------------------------------------------------
 
 
+def test_bundled_texts_are_in_every_language_the_server_speaks_and_no_other() -> None:
+    from supertonic_grpc.text import LANGUAGES as SERVER_LANGUAGES
+
+    assert sorted(LANGUAGES) == sorted(SERVER_LANGUAGES)
+
+
 def test_bundled_texts_cover_languages_and_lengths() -> None:
     texts = load_texts()
     assert {t.language for t in texts} == set(LANGUAGES)
