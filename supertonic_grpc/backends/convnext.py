@@ -48,8 +48,11 @@ class ChannelsLastConvNeXt:
             self.dilation = (1, conv.dilation[0])
             self.groups = conv.groups
             norm = block.norm.norm
+            weight, bias = norm.weight, norm.bias
+            if weight is None or bias is None:  # the model's norms are affine
+                raise ValueError("a ConvNeXt block's LayerNorm has no weight or bias")
             self.norm_shape = norm.normalized_shape
-            self.norm_weight, self.norm_bias = norm.weight.detach(), norm.bias.detach()
+            self.norm_weight, self.norm_bias = weight.detach(), bias.detach()
             self.norm_eps = norm.eps
             # residual + gamma * (W2 h + b2) == residual + (gamma W2) h + gamma b2.
             gamma = block.gamma.detach().reshape(-1)
