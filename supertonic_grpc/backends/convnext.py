@@ -27,6 +27,12 @@ from supertonic_grpc.model.layers import ConvNeXtBlock
 log = logging.getLogger(__name__)
 
 
+def _detached(t: torch.Tensor | None, what: str) -> torch.Tensor:
+    if t is None:  # the model's blocks always have them
+        raise ValueError(f"a ConvNeXt block without its {what}")
+    return t.detach()
+
+
 class ChannelsLastConvNeXt:
     """One ConvNeXt block's forward, channels-last: `x [B, C, T], mask [B, 1, T] | None`.
 
@@ -48,19 +54,17 @@ class ChannelsLastConvNeXt:
             self.dilation = (1, conv.dilation[0])
             self.groups = conv.groups
             norm = block.norm.norm
-            weight, bias = norm.weight, norm.bias
-            if weight is None or bias is None:  # the model's norms are affine
-                raise ValueError("a ConvNeXt block's LayerNorm has no weight or bias")
             self.norm_shape = norm.normalized_shape
-            self.norm_weight, self.norm_bias = weight.detach(), bias.detach()
+            self.norm_weight = _detached(norm.weight, "LayerNorm weight")
+            self.norm_bias = _detached(norm.bias, "LayerNorm bias")
             self.norm_eps = norm.eps
             # residual + gamma * (W2 h + b2) == residual + (gamma W2) h + gamma b2.
             gamma = block.gamma.detach().reshape(-1)
             self.mlp = PointwiseMLP(
                 block.pwconv1.weight.detach().squeeze(-1),
-                block.pwconv1.bias.detach(),
+                _detached(block.pwconv1.bias, "first pointwise bias"),
                 block.pwconv2.weight.detach().squeeze(-1) * gamma[:, None],
-                block.pwconv2.bias.detach() * gamma,
+                _detached(block.pwconv2.bias, "second pointwise bias") * gamma,
                 precision,
             )
 

@@ -319,9 +319,7 @@ class Scheduler:
             m.batch_compute_seconds.observe(compute)
             if stepped:
                 m.batch_size.observe(len(stepped))
-            running_gauge = getattr(m, "running_chunks", None)
-            if running_gauge is not None:
-                running_gauge.set(len(self._running))
+            m.running_chunks.set(len(self._running))
         return decision
 
     # --- bookkeeping --------------------------------------------------------------------
