@@ -7,12 +7,15 @@ import json
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promtext import sample
+from waiting import wait_until
 
 from supertonic_grpc import audio
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
@@ -71,12 +74,14 @@ def test_stream_yields_ordered_chunks_whose_audio_adds_up_to_the_totals(live_ser
 
 
 def test_first_chunk_arrives_before_the_last_chunk_is_computed(live_server) -> None:
-    chunks, arrivals, _ = collect(stub_for(live_server.address), request())
-    last = chunks[-1]
-    # The last chunk's batch could only start after the first chunk was delivered if its
-    # audio arrived at least its compute time later.
-    assert arrivals[-1] - arrivals[0] >= last.timings.compute_seconds * 0.9
-    assert chunks[0].timings.batch_size >= 1
+    chunks, _, _ = collect(stub_for(live_server.address), request())
+    last = chunks[-1].index
+    assert last >= 2  # beyond the lookahead: submitted only as earlier chunks are sent
+    history = list(live_server.running.scheduler.history)
+    rid = max(r for d in history for r, _ in d.admitted)  # the newest request: this one
+    first_audio = min(d.tick for d in history if (rid, 0, 0) in d.vocoded)
+    last_admitted = min(d.tick for d in history if (rid, last) in d.admitted)
+    assert first_audio < last_admitted
 
 
 def test_concurrent_requests_are_batched_and_keep_their_own_audio(make_server) -> None:
@@ -114,29 +119,102 @@ def test_same_seed_reproduces_and_different_seeds_differ(live_server) -> None:
     assert a != c
 
 
-def test_cancel_after_first_chunk_drops_its_work_and_active_streams_returns_to_zero(
-    make_server,
-) -> None:
+STAGES = ("admit", "step", "vocode")
+
+
+class EngineCalls:
+    """Wraps a live server's engine: counts its stage calls, and can run a hook at one."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.calls: list[str] = []
+        self.hooks: dict[tuple[str, int], Callable[[], None]] = {}  # (stage, nth call)
+        self.real = {stage: getattr(engine, stage) for stage in STAGES}
+        for stage, real in self.real.items():
+            setattr(engine, stage, self._wrap(stage, real))
+
+    def _wrap(self, stage: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            n = self.calls.count(stage)
+            self.calls.append(stage)
+            hook = self.hooks.pop((stage, n), None)
+            if hook is not None:
+                hook()
+            return real(*args)
+
+        return call
+
+    def restore(self) -> None:
+        for stage, real in self.real.items():
+            setattr(self.engine, stage, real)
+
+
+def tick_in_flight(scheduler) -> int:
+    """The number the tick now running will be recorded under (called from an engine hook)."""
+    return scheduler.history[-1].tick + 1 if scheduler.history else 0
+
+
+def no_work_after(scheduler, tick: int, request_id: int) -> bool:
+    """No tick after `tick` admitted, stepped or vocoded any chunk of `request_id`."""
+    return all(
+        request_id not in {c[0] for c in (*d.admitted, *d.stepped, *d.vocoded)}
+        for d in scheduler.history
+        if d.tick > tick
+    )
+
+
+def count_of(server, code: str, rpc: str = "Synthesize") -> float:
+    """How many `rpc` calls ended with `code` (0 before the first)."""
+    body = server.running.metrics.render()
+    try:
+        return sample(body, "supertonic_requests_total", code=code, rpc=rpc)
+    except KeyError:
+        return 0.0
+
+
+def test_cancel_mid_stream_stops_that_streams_model_work_at_the_next_tick(make_server) -> None:
     server = make_server()
+    scheduler = server.running.scheduler
     stub = stub_for(server.address)
     long_text = " ".join(f"Sentence number {i} is here to make the text long." for i in range(12))
     call = stub.Synthesize(request(long_text))
-    first = next(call)
-    assert first.HasField("chunk")
-    call.cancel()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (
-        server.running.service.active or server.running.scheduler.queued()
-    ):
-        time.sleep(0.05)
+    got_first = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def cancel_while_the_model_works() -> None:
+        # The second vocode call decodes the rest of chunk 0, after its first piece was
+        # handed over: the model is busy with this stream when the client leaves.
+        assert got_first.wait(60)
+        seen["ticket"] = scheduler.stages.running[0].ticket
+        seen["tick"] = tick_in_flight(scheduler)
+        call.cancel()
+        assert wait_until(lambda: count_of(server, "CANCELLED") == 1)
+        seen["calls"] = len(engine.calls)
+
+    engine = EngineCalls(scheduler.engine)
+    engine.hooks[("vocode", 1)] = cancel_while_the_model_works
+    try:
+        first = next(call)
+        assert first.HasField("chunk") and first.chunk.index == 0
+        got_first.set()
+        with pytest.raises(grpc.RpcError) as exc:
+            list(call)
+        assert exc.value.code() == grpc.StatusCode.CANCELLED
+        assert wait_until(lambda: "ticket" in seen and scheduler.queued_for(seen["ticket"]) == 0)
+    finally:
+        engine.restore()
+    ticket = seen["ticket"]
+    assert ticket.cancelled
+    # Once the cancel was observed, the model did nothing more: the call in flight finished
+    # its tick and no later tick touched the stream.
+    assert len(engine.calls) == seen["calls"]
+    rid = ticket.request_id
+    assert no_work_after(scheduler, seen["tick"], rid)
+    # Of its dozen chunks only the lookahead (2) ever reached the model.
+    admitted = {k for d in scheduler.history for r, k in d.admitted if r == rid}
+    assert admitted <= {0, 1}
     assert server.running.service.active == 0
-    assert server.running.scheduler.queued() == 0
-    text = server.running.metrics.render()
-    assert sample(text, "supertonic_active_streams") == 0
-    assert sample(text, "supertonic_requests_total", code="CANCELLED", rpc="Synthesize") == 1
-    # Chunks that were queued when the client left never reached the model.
-    computed = sum(len(d.request_ids) for d in server.running.scheduler.history)
-    assert computed < len(long_text) // 50
+    assert sample(server.running.metrics.render(), "supertonic_active_streams") == 0
 
 
 BAD_REQUESTS = [
@@ -230,8 +308,9 @@ def test_full_queue_is_resource_exhausted_with_a_retry_hint(make_server) -> None
     blocker = server.running.scheduler.call(lambda _engine: gate.wait(60))
     stub = stub_for(server.address)
     call = stub.Synthesize(request("Waiting in line."))
-    time.sleep(0.3)  # the first request's chunk is now queued behind the blocked thread
     try:
+        # The first request's chunk is queued behind the blocked thread: the queue is full.
+        assert wait_until(lambda: server.running.scheduler.queued() == 1)
         with pytest.raises(grpc.RpcError) as exc:
             list(stub.Synthesize(request("No room for me."), timeout=30))
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -282,19 +361,39 @@ def test_list_voices_reports_demo_state_and_ten_voices(live_server) -> None:
 
 def test_deadline_exceeded_drops_the_work_and_is_counted(make_server) -> None:
     server = make_server()
+    scheduler = server.running.scheduler
     stub = stub_for(server.address)
     long_text = " ".join(f"Sentence number {i} makes this text long enough." for i in range(12))
-    with pytest.raises(grpc.RpcError) as exc:
-        collect(stub, request(long_text), timeout=1.0)
-    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.running.service.active:
-        time.sleep(0.05)
-    assert server.running.scheduler.queued() == 0
-    text = server.running.metrics.render()
-    assert (
-        sample(text, "supertonic_requests_total", code="DEADLINE_EXCEEDED", rpc="Synthesize") == 1
-    )
+    # The model's first flow step is held until the server has seen the deadline pass, so no
+    # audio can arrive in time on any machine, however fast.
+    release = threading.Event()
+    held: dict[str, int] = {}
+
+    def hold() -> None:
+        held["tick"] = tick_in_flight(scheduler)
+        release.wait(60)
+
+    engine = EngineCalls(scheduler.engine)
+    engine.hooks[("step", 0)] = hold
+    try:
+        with pytest.raises(grpc.RpcError) as exc:
+            collect(stub, request(long_text), timeout=1.0)
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_until(lambda: count_of(server, "DEADLINE_EXCEEDED") == 1)
+        assert server.running.service.active == 0
+        ticket = scheduler.stages.running[0].ticket
+        assert ticket.cancelled
+        release.set()
+        # The tick after the held one drops the chunk that was running.
+        assert wait_until(
+            lambda: any(d.tick > held["tick"] and d.dropped for d in scheduler.history)
+        )
+    finally:
+        release.set()
+        engine.restore()
+    assert no_work_after(scheduler, held["tick"], ticket.request_id)
+    assert "vocode" not in engine.calls  # no chunk finished its flow: no audio was decoded
+    assert scheduler.queued_for(ticket) == 0 and scheduler.queued() == 0
 
 
 def test_http_probes_report_readiness_and_demo_state(live_server) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from promtext import sample
+from waiting import wait_until
 
 from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
@@ -75,15 +76,6 @@ class Session:
             else:
                 summary = msg.summary
         return chunks, summary
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_token_stream_gives_ordered_chunks_with_offsets_into_the_whole_text(live_server) -> None:
