@@ -1,6 +1,6 @@
 """The comparison rows of `make bench`: reduced precisions and ONNX Runtime beside the engine.
 
-Every mode is an object with `synthesize(items)` and `device`; `supertonic_grpc.bench` times
+Every mode is an object with `synthesize(items)` and `device`; `benchmarks.engine_bench` times
 them all interleaved, in one run, so drift on a busy machine hits each alike. Quality is
 measured once per mode on the largest batch, against the fp32 engine: the largest sample
 difference and the waveform SNR (signal = the fp32 audio, noise = the difference).

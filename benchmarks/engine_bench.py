@@ -1,7 +1,7 @@
 """`make bench`: the engine alone by batch size (fp32, each other `--precisions`, ONNX Runtime
 on the same stages, and compiled with `--compile`, all interleaved in one run), then
 the real server under saturating load at the same batch sizes, so that serving overhead is
-one ratio (server throughput / engine throughput); see `bench_serving`.
+one ratio (server throughput / engine throughput); see `benchmarks.serving`.
 
 Runs the full-size model (real weights when found, else the demo bundle with demo pacing, so
 latent lengths and therefore timings match real speech) on ~100-character English chunks.
@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import torch
 
-from benchmarks import compare
+from benchmarks import compare, serving
 from benchmarks.report import (
     COMPILED,
     EAGER,
@@ -42,10 +42,9 @@ from benchmarks.report import (
     render_markdown,
     write_reports,
 )
+from benchmarks.serving import ServingConfig
 from loadtest.spawn import SpawnError
-from supertonic_grpc import bench_serving
 from supertonic_grpc.backends.gpu import GPU_LENGTH_BUCKETS
-from supertonic_grpc.bench_serving import ServingConfig
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import (
     DEMO_CHARS_PER_SECOND,
@@ -266,10 +265,10 @@ def _serve(args: argparse.Namespace, report: Report, sizes: list[int]) -> None:
         "seconds": cfg.seconds,
         "warmup_s": cfg.warmup_s,
         "clients": cfg.clients or "2B+2",
-        "max_wait_ms": bench_serving.MAX_WAIT_MS,
+        "max_wait_ms": serving.MAX_WAIT_MS,
     }
     try:
-        report.serving = bench_serving.run_serving(cfg, eager_rtf(report))
+        report.serving = serving.run_serving(cfg, eager_rtf(report))
     except (SpawnError, OSError, grpc.RpcError) as exc:
         # The engine figures are still worth writing; say why the serving table is missing.
         report.serving_note = f"serving phase FAILED: {type(exc).__name__}: {exc}"

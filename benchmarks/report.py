@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supertonic_grpc import bench_serving
-from supertonic_grpc.bench_serving import ServingRow
+from benchmarks import serving
+from benchmarks.serving import ServingRow
 
 FIRST_CHUNK = "Sure, here is the first part of that."  # ~40 characters: a typical short first chunk
 EAGER, COMPILED, ORT = "eager", "compiled", "onnxruntime"
@@ -129,7 +129,7 @@ def render_markdown(report: Report) -> str:
             f"- {mode} vs eager (fp32) audio, largest batch: max |diff| "
             f"{q['max_abs_diff']:.1e}, SNR {q['snr_db']:.1f} dB"
         )
-    lines += bench_serving.render_serving(report.serving, report.serving_config)
+    lines += serving.render_serving(report.serving, report.serving_config)
     if report.serving_note:
         lines += ["", f"- {report.serving_note}"]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from loadtest.corpus import Text, load_texts
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 log = logging.getLogger("loadtest")
 

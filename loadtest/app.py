@@ -26,7 +26,7 @@ from loadtest.runner import (
     warm_up,
 )
 from loadtest.spawn import SpawnedServer, SpawnError
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2_grpc
 
 log = logging.getLogger("loadtest")
 

@@ -19,7 +19,7 @@ from typing import Any
 from loadtest.corpus import Text, load_texts
 from loadtest.runner import RunConfig, one_request
 from loadtest.stats import StreamRecord
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 log = logging.getLogger("loadtest")
 

@@ -22,7 +22,7 @@ from typing import Any
 from loadtest.corpus import Text, TextPicker
 from loadtest.runner import LevelResult, RunConfig, one_request, requests_loop, run_level
 from loadtest.stats import StreamRecord
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2_grpc
 
 log = logging.getLogger("loadtest")
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadtest import prom
 from loadtest.corpus import Text, TextPicker
 from loadtest.stats import StreamRecord, summarize_streams, summarize_unary
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 log = logging.getLogger("loadtest")
 

@@ -19,8 +19,8 @@ import torch
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from supertonic_client._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc import rpc, security
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.backends import gpu, parse_precision
 from supertonic_grpc.bundle import ModelBundle, load_bundle
 from supertonic_grpc.engine import (

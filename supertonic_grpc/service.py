@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc import audio
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.metrics import Metrics
 from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.rpc import Call, Limits, Rpcs, failure_status

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from supertonic_client._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc import audio
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.rpc import Call, cancel_code, failure_status
 from supertonic_grpc.scheduler import JobResult, Ticket

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from supertonic_client._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc import audio
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.engine import (
     DEFAULT_SPEED,
     MAX_POSITIONS,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import engine_bench as bench
-from supertonic_grpc.bench_serving import (
+from benchmarks.serving import (
     Reply,
     ServingRow,
     default_clients,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2
+from supertonic_client._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.bundle import demo_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, MAX_POSITIONS
 from supertonic_grpc.settings import Settings

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from supertonic_grpc import bundle as bundles
 from supertonic_grpc import cli
 from supertonic_grpc.audio import read_wav
 from supertonic_grpc.bundle import ModelBundle, demo_bundle
@@ -22,7 +25,7 @@ def bundle() -> ModelBundle:
 @pytest.fixture
 def demo(monkeypatch: pytest.MonkeyPatch, bundle: ModelBundle) -> ModelBundle:
     """Serve the module's demo bundle instead of building one per command (~3 s each)."""
-    monkeypatch.setattr(cli, "load_bundle", lambda model_dir=None: bundle)
+    monkeypatch.setattr(bundles, "load_bundle", lambda model_dir=None: bundle)
     return bundle
 
 
@@ -162,3 +165,35 @@ def test_say_and_voices_via_server(
     assert "voice" in capsys.readouterr().err
     assert cli.main(["voices", "--server", live_server.address]) == 0
     assert "model: demo" in capsys.readouterr().out
+
+
+def test_parser_imports_no_model_server_load_tester_or_benchmarks() -> None:
+    # Each command imports what it needs when it runs: building the parser (and so `say
+    # --server`, `voices --server`) loads neither torch nor the server, bench or load tester.
+    code = (
+        "import sys\n"
+        "from supertonic_grpc import cli\n"
+        "cli.build_parser().parse_known_args(['say', 'Hi.', '--server', 'localhost:1'])\n"
+        "print('\\n'.join(sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
+    assert "supertonic_grpc.cli" in out  # the probe did run
+    heavy = ("torch", "loadtest", "benchmarks", "grpc_health.v1", "grpc_reflection.v1alpha")
+    loaded = [m for m in out if m.startswith(heavy)]
+    server_side = {"supertonic_grpc.server", "supertonic_grpc.engine", "supertonic_grpc.bundle"}
+    assert not loaded and not server_side & set(out), loaded
+
+
+def test_bench_flags_reach_the_benchmark_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "--batch-sizes" in capsys.readouterr().out
+
+
+def test_unknown_flag_of_other_commands_is_still_an_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["voices", "--no-such-flag"])
+    assert exc.value.code == 2

@@ -28,8 +28,8 @@ from deploytools import DEPLOY, REPO, Daemon, http_get, require_tool, wait_for
 from promtext import sample
 
 from loadtest.spawn import SpawnedServer, free_port
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_client.client import SupertonicClient, SupertonicError
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 GO_DIR = REPO / "clients" / "go"

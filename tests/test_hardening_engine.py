@@ -13,7 +13,7 @@ import pytest
 from promtext import sample
 from test_hardening_rpc import code_of, count, pcm_f32, scrape, stub_for, wait_until
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.engine import EngineError
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_hardening_rpc import code_of, count, wait_until
 from test_server_lifecycle import free_port, wait_serving
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.engine import Engine
 from supertonic_grpc.server import serve
 from supertonic_grpc.settings import Settings, SettingsError, parse_settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supertonic_grpc import audio
+from supertonic_grpc.audio import resampling
 
 NATIVE = 44100
 # Rates a request may ask for, including the odd ones whose kernels used to be 10 MB.
@@ -13,17 +14,17 @@ ODD_RATES = [12345, 39510, 8001, 47999, audio.MIN_SAMPLE_RATE, audio.MAX_SAMPLE_
 
 @pytest.mark.parametrize("rate", ODD_RATES)
 def test_a_resampler_kernel_for_any_allowed_rate_stays_within_one_mebibyte(rate: int) -> None:
-    kernel = audio._Kernel(NATIVE, rate)
+    kernel = resampling._Kernel(NATIVE, rate)
     table = kernel.table if kernel.table is not None else kernel.phases
     assert table.nbytes <= 1 << 20
 
 
 def test_the_kernel_cache_is_bounded() -> None:
-    audio._kernel.cache_clear()
+    resampling._kernel.cache_clear()
     for rate in range(8000, 8000 + 40):
-        audio._kernel(NATIVE, rate)
-    assert audio._kernel.cache_info().currsize <= 16
-    audio._kernel.cache_clear()
+        resampling._kernel(NATIVE, rate)
+    assert resampling._kernel.cache_info().currsize <= 16
+    resampling._kernel.cache_clear()
 
 
 def test_api_keys_never_appear_in_the_settings_repr() -> None:

@@ -20,9 +20,9 @@ from certs import Certs, make_certs
 from conftest import LiveServer, ServerThread, test_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_client.client import SupertonicClient, SupertonicError
 from supertonic_grpc import audio
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 pytestmark = pytest.mark.slow
 

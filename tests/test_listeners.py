@@ -16,7 +16,7 @@ from loadtest.corpus import TextPicker, load_texts
 from loadtest.listeners import burst_start, find_capacity, judge, listener, listening_ends
 from loadtest.runner import RunConfig, run_level
 from loadtest.stats import StreamRecord, summarize_streams
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 
 def _record(start: float, arrivals: list[float], durations: list[float]) -> StreamRecord:

@@ -31,7 +31,7 @@ from loadtest.stats import (
     summarize_streams,
     underrun_bounds,
 )
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.playback import PlaybackClock
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -127,12 +128,10 @@ def test_python_stubs_use_package_imports() -> None:
     assert "\nfrom supertonic.v1 import" not in grpc_module
 
 
-def test_old_import_path_is_the_same_generated_module() -> None:
-    from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
-    from supertonic_grpc._proto.supertonic.v1 import tts_pb2 as old_pb2
-    from supertonic_grpc._proto.supertonic.v1 import tts_pb2_grpc as old_grpc
-
-    assert old_pb2 is tts_pb2 and old_grpc is tts_pb2_grpc
+def test_the_server_package_has_no_second_copy_or_alias_of_the_stubs() -> None:
+    # One generated package: the server imports supertonic_client._proto directly.
+    assert importlib.util.find_spec("supertonic_grpc._proto") is None
+    assert not list((REPO / "supertonic_grpc").rglob("*_pb2*.py"))
 
 
 def test_stubs_are_protobuf_5_29_gencode_for_the_whole_supported_range() -> None:

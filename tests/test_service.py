@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promtext import sample
 from waiting import wait_until
 
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc import audio
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.engine import EngineError
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from promtext import sample
 from waiting import wait_until
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 import pytest
 
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2
+from supertonic_client._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc.bundle import ModelBundle, demo_bundle
 from supertonic_grpc.engine import Synthesized
 from supertonic_grpc.playback import PlaybackClock

@@ -26,7 +26,7 @@ import grpc
 from loadtest import prom
 from loadtest.runner import open_channels
 from loadtest.spawn import SpawnedServer
-from supertonic_grpc._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 log = logging.getLogger(__name__)
 
