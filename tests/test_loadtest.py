@@ -330,8 +330,9 @@ def test_runner_measures_a_fake_stream(tmp_path: Path) -> None:
     assert set(req["errors_by_code"]) <= {"INVALID_ARGUMENT"}
     ok_streams = [s for s in level["streams"] if s["code"] == "OK"]
     assert ok_streams and all(s["chunks"] == 3 and s["underruns"] == 1 for s in ok_streams)
-    # The gap is the pause less the audio still queued: at least 1.0 - 0.05 s, plus delays.
-    assert all(s["max_gap_s"] >= 0.9 for s in ok_streams)
+    # The gap is the 1 s pause less the 0.05 s of audio still queued, less however much
+    # later than its send the chunk before it arrived: far above the tolerance either way.
+    assert all(s["max_gap_s"] >= 0.5 for s in ok_streams)
     assert level["client_avg_batch_size"] == 2.0
     paths = write_reports(report, tmp_path)
     assert {p.name for p in paths} >= {"report.json", "report.md", "ttfa.png", "timeline.png"}
@@ -383,9 +384,8 @@ def test_smoke_run_against_a_spawned_server(tmp_path: Path) -> None:
         assert server is not None and server["avg_batch_size"] >= 1
         # The level's metrics were scraped around it: the server generated what the client got.
         assert server["audio_seconds"] == pytest.approx(level["audio_seconds"], rel=0.01)
-        # Whether gaps occur depends on the machine; that the two views of them agree is
-        # tested on a fake server that makes them happen (or not) at will.
-        assert server["underruns_agree"] in (True, False)
+        # Whether gaps occur here depends on the machine; that the server's and the client's
+        # counts agree is tested on a fake server that makes them happen (or not) at will.
     for name in ("report.md", "ttfa.png", "throughput.png", "timeline.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "TTFA" in proc.stdout

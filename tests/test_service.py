@@ -7,12 +7,12 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from engine_hooks import EngineCalls, no_work_after, tick_in_flight
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promtext import sample
 from waiting import wait_until
@@ -117,50 +117,6 @@ def test_same_seed_reproduces_and_different_seeds_differ(live_server) -> None:
     da, db = (audio.decode(x, audio.Encoding.LINEAR16) for x in (a, b))
     assert np.abs(da - db).max() <= 2e-3 * 2  # identical up to batch-company rounding
     assert a != c
-
-
-STAGES = ("admit", "step", "vocode")
-
-
-class EngineCalls:
-    """Wraps a live server's engine: counts its stage calls, and can run a hook at one."""
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.calls: list[str] = []
-        self.hooks: dict[tuple[str, int], Callable[[], None]] = {}  # (stage, nth call)
-        self.real = {stage: getattr(engine, stage) for stage in STAGES}
-        for stage, real in self.real.items():
-            setattr(engine, stage, self._wrap(stage, real))
-
-    def _wrap(self, stage: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any) -> Any:
-            n = self.calls.count(stage)
-            self.calls.append(stage)
-            hook = self.hooks.pop((stage, n), None)
-            if hook is not None:
-                hook()
-            return real(*args)
-
-        return call
-
-    def restore(self) -> None:
-        for stage, real in self.real.items():
-            setattr(self.engine, stage, real)
-
-
-def tick_in_flight(scheduler) -> int:
-    """The number the tick now running will be recorded under (called from an engine hook)."""
-    return scheduler.history[-1].tick + 1 if scheduler.history else 0
-
-
-def no_work_after(scheduler, tick: int, request_id: int) -> bool:
-    """No tick after `tick` admitted, stepped or vocoded any chunk of `request_id`."""
-    return all(
-        request_id not in {c[0] for c in (*d.admitted, *d.stepped, *d.vocoded)}
-        for d in scheduler.history
-        if d.tick > tick
-    )
 
 
 def count_of(server, code: str, rpc: str = "Synthesize") -> float:
