@@ -85,7 +85,12 @@ def test_first_chunk_arrives_before_the_last_chunk_is_computed(live_server) -> N
 
 
 def test_concurrent_requests_are_batched_and_keep_their_own_audio(make_server) -> None:
-    server = make_server(max_wait_ms=1000)
+    server = make_server()
+    scheduler = server.running.scheduler
+    # The scheduler thread is held until all four first chunks are queued, so they are
+    # admitted together however late each client thread starts.
+    gate = threading.Event()
+    blocker = scheduler.call(lambda _engine: gate.wait(60))
     stub = stub_for(server.address)
     voices = ["M1", "F2", "M1", "F3"]
     results: dict[int, bytes] = {}
@@ -96,8 +101,13 @@ def test_concurrent_requests_are_batched_and_keep_their_own_audio(make_server) -
         results[i] = b"".join(c.audio for c in chunks)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(voices))]
-    for t in threads:
-        t.start()
+    try:
+        for t in threads:
+            t.start()
+        assert wait_until(lambda: scheduler.queued() == len(voices))
+    finally:
+        gate.set()
+    blocker.result(30)
     for t in threads:
         t.join(120)
     assert max(d.request_ids.__len__() for d in server.running.scheduler.history) > 1
