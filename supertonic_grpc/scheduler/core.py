@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from supertonic_grpc.scheduler.jobs import (
     EngineLike,
@@ -36,6 +36,8 @@ from supertonic_grpc.scheduler.policy import CostModel, Limits, Policy, Running
 from supertonic_grpc.scheduler.stages import Stages
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,9 @@ class Scheduler:
             self._cond.notify()
         return dropped
 
-    def call(self, fn: Callable[[EngineLike], Any]) -> Future[Any]:
+    def call(self, fn: Callable[[EngineLike], T]) -> Future[T]:
         """Run `fn(engine)` on the scheduler thread between ticks (warm-up, probes)."""
-        fut: Future[Any] = Future()
+        fut: Future[T] = Future()
         with self._cond:
             if not self._running_flag:
                 raise SchedulerStopped("scheduler is not running")
