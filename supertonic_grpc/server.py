@@ -279,8 +279,9 @@ async def _warm_up(running: RunningServer, engine: Engine, settings: Settings) -
             seconds = await asyncio.wrap_future(fut)
             log.info("warm-up done in %.1f s (batches %s, lengths %s)", seconds, sizes, lengths)
             if settings.compile and engine.device.type == "cuda":
-                shapes = running.scheduler.call(lambda _: gpu.warm_up_engine(engine, max_batch))
-                log.info("recorded %d bucketed shapes", await asyncio.wrap_future(shapes))
+                fut_n = running.scheduler.call(lambda _: gpu.warm_up_engine(engine, max_batch))
+                shapes = await asyncio.wrap_future(fut_n)
+                log.info("recorded %d bucketed shapes", shapes)
     except Exception as exc:
         await running.fail(f"warm-up failed: {type(exc).__name__}: {exc}")
         return
