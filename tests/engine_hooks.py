@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from supertonic_grpc.scheduler import Scheduler
+from supertonic_grpc.scheduler import Scheduler, Ticket
 
 STAGES = ("admit", "step", "vocode")
 
@@ -41,15 +41,40 @@ class EngineCalls:
             setattr(self.engine, stage, real)
 
 
-def tick_in_flight(scheduler: Scheduler) -> int:
-    """The number the tick now running will be recorded under (call it from an engine hook)."""
-    return scheduler.history[-1].tick + 1 if scheduler.history else 0
+class CancelWatch:
+    """Wraps `scheduler.cancel`: for each request the server cancels, the number of the last
+    tick recorded at that moment. Ticks numbered above it + 1 (the one that may have been in
+    flight) all started after the cancel."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.last_tick: dict[int, int] = {}
+        self.tickets: dict[int, Ticket] = {}
+        real = scheduler.cancel
+
+        def cancel(ticket: Ticket) -> int:
+            last = scheduler.history[-1].tick if scheduler.history else -1
+            self.last_tick.setdefault(ticket.request_id, last)
+            self.tickets[ticket.request_id] = ticket
+            return real(ticket)
+
+        scheduler.cancel = cancel  # type: ignore[method-assign]
+
+    def first_tick_after(self, request_id: int) -> int:
+        """The first tick that surely started after the request was cancelled."""
+        return self.last_tick[request_id] + 2
 
 
-def no_work_after(scheduler: Scheduler, tick: int, request_id: int) -> bool:
-    """No tick after `tick` admitted, stepped or vocoded any chunk of `request_id`."""
+def gone(scheduler: Scheduler, ticket: Ticket) -> bool:
+    """Whether no chunk of `ticket` is left in the scheduler (queued, being admitted or
+    running). Read on the scheduler thread between two ticks, so no tick is half done."""
+    left = scheduler.call(lambda _engine: scheduler.queued_for(ticket)).result(30)
+    return left == 0
+
+
+def no_work_from(scheduler: Scheduler, tick: int, request_id: int) -> bool:
+    """No tick from `tick` on admitted, stepped or vocoded any chunk of `request_id`."""
     return all(
         request_id not in {c[0] for c in (*d.admitted, *d.stepped, *d.vocoded)}
         for d in scheduler.history
-        if d.tick > tick
+        if d.tick >= tick
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from engine_hooks import EngineCalls, no_work_after, tick_in_flight
+from engine_hooks import CancelWatch, EngineCalls, gone, no_work_from
 from promtext import sample
 from waiting import wait_until
 
@@ -217,34 +217,20 @@ def test_an_idle_stream_ends_with_deadline_exceeded(make_server) -> None:
     assert wait_until(lambda: server.running.service.active == 0)
 
 
-def _instrument_cancels(server) -> list[int]:
-    """Record the request id of every ticket the service cancels."""
-    sched = server.running.scheduler
-    seen: list[int] = []
-    original = sched.cancel
-
-    def cancel(ticket):
-        seen.append(ticket.request_id)
-        return original(ticket)
-
-    sched.cancel = cancel
-    return seen
-
-
 def _request_id(server, before: int) -> int:
     ids = {r for d in list(server.running.scheduler.history)[before:] for r in d.request_ids}
     assert len(ids) == 1, ids
     return ids.pop()
 
 
-def _assert_barge_in(server, seen: list[int], rid: int, last_tick: int) -> None:
-    """The call was cancelled, its slot freed, and no tick after `last_tick` (the one in
-    flight when the cancel was seen) did model work for it."""
+def _assert_barge_in(server, cancels: CancelWatch, rid: int) -> None:
+    """The call was cancelled, its slot freed, and no tick but the one in flight when the
+    server saw the cancel did model work for it."""
     scheduler = server.running.scheduler
     assert wait_until(lambda: server.running.service.active == 0)
-    assert rid in seen, "the call's ticket was never cancelled"
-    assert wait_until(lambda: scheduler.queued() == 0)
-    assert no_work_after(scheduler, last_tick, rid)
+    assert rid in cancels.last_tick, "the call's ticket was never cancelled"
+    assert wait_until(lambda: gone(scheduler, cancels.tickets[rid]))
+    assert no_work_from(scheduler, cancels.first_tick_after(rid), rid)
     text = server.running.metrics.render().decode()
     assert sample(text, "supertonic_active_streams") == 0
     assert sample(text, "supertonic_requests_total", rpc="StreamingSynthesize", code="CANCELLED")
@@ -256,7 +242,7 @@ def test_barge_in_mid_sentence_is_seen_during_the_model_step_and_drops_queued_wo
 ) -> None:
     server = make_server(lookahead_chunks=3)
     scheduler = server.running.scheduler
-    seen = _instrument_cancels(server)
+    cancels = CancelWatch(scheduler)
     held, release = threading.Event(), threading.Event()
     state: dict[str, Any] = {}
 
@@ -264,9 +250,8 @@ def test_barge_in_mid_sentence_is_seen_during_the_model_step_and_drops_queued_wo
         # Called before every step; holds the first one after chunk 0's first piece is out.
         if held.is_set() or not any(v[1:] == (0, 0) for d in scheduler.history for v in d.vocoded):
             return
-        ticket = scheduler.stages.running[0].ticket
-        state.update(ticket=ticket, tick=tick_in_flight(scheduler))
-        state["pending"] = scheduler.queued_for(ticket)
+        state["rid"] = rid = scheduler.stages.running[0].ticket.request_id
+        state["pending"] = sum(1 for r in scheduler.stages.running if r.ticket.request_id == rid)
         held.set()
         release.wait(60)
 
@@ -280,21 +265,20 @@ def test_barge_in_mid_sentence_is_seen_during_the_model_step_and_drops_queued_wo
         assert s.next_chunk().index == 0
         assert held.wait(60)  # the model is now in a step with work of this call
         s.call.cancel()
-        # The loop sees the cancel while the step is still running: it does not wait for a
-        # scheduler result (the shared waker), however long the step takes.
-        ticket = state["ticket"]
-        assert wait_until(lambda: ticket.request_id in seen)
+        # The call's end is watched directly (its done callback, with the loop kept awake):
+        # the cancel is seen while the step still runs, however long the step takes.
+        assert wait_until(lambda: state["rid"] in cancels.last_tick)
     finally:
         release.set()
         engine.restore()
-    assert state["pending"] >= 1  # it had queued work to drop
-    _assert_barge_in(server, seen, ticket.request_id, state["tick"])
+    assert state["pending"] >= 1  # it had work in the model to drop
+    _assert_barge_in(server, cancels, state["rid"])
 
 
 def test_barge_in_between_sentences(make_server) -> None:
     server = make_server()
     scheduler = server.running.scheduler
-    seen = _instrument_cancels(server)
+    cancels = CancelWatch(scheduler)
     before = len(scheduler.history)
     s = Session(stub_for(server.address))
     s.send(config(buffering=tts_pb2.TextBufferingConfig(max_buffer_delay_ms=10_000)))
@@ -302,9 +286,8 @@ def test_barge_in_between_sentences(make_server) -> None:
     assert s.next_chunk().text == "One short sentence."
     rid = _request_id(server, before)
     assert wait_until(lambda: scheduler.queued() == 0)
-    last_tick = scheduler.history[-1].tick
     s.call.cancel()  # nothing queued: the agent was waiting for its LLM
-    _assert_barge_in(server, seen, rid, last_tick)
+    _assert_barge_in(server, cancels, rid)
 
 
 def test_first_chunk_is_high_priority_and_later_sentences_have_deadlines(make_server) -> None:
