@@ -47,6 +47,16 @@ class PlaybackClock:
             self.underrun_seconds += gap
         return gap
 
+    def on_chunk_written(self, ready: float, written: float, duration_s: float) -> float:
+        """Record a chunk that was ready at ``ready`` and that the client took at ``written``;
+        returns the gap the server caused. A slow reader is back-pressure, not a gap: the gap
+        is counted from when the audio was ready, and since the listener cannot play audio
+        before taking it, its playback runs on from ``written``."""
+        gap = self.on_chunk_sent(ready, duration_s)
+        assert self.end_time is not None
+        self.end_time = max(self.end_time, written + duration_s)
+        return gap
+
     def idle_until(self, now: float) -> None:
         """The stream had nothing more to say until ``now`` (streamed text whose next
         sentence came after the audio ran out): that silence is not an underrun, and the

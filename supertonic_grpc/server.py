@@ -83,16 +83,22 @@ class RunningServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def stop(self, grace: float) -> None:
-        """Drain: NOT_SERVING, refuse new work, let in-flight requests finish within `grace`.
+    async def stop(self, grace: float, announce_s: float = 0.0) -> None:
+        """Drain in two phases, so that nothing in flight is lost.
 
-        The port closes at once (GOAWAY), so a proxy moves new streams to another replica
-        straight away; in-flight streams go on until they end or `grace` runs out.
+        Announce (`announce_s`): health turns NOT_SERVING (gRPC and `/readyz`) while the port
+        stays open, so a health checker reads NOT_SERVING instead of a refused connection and
+        moves traffic away; new requests get UNAVAILABLE (a client's retry policy sends them
+        to another replica) and streams in flight go on. Then the port closes (GOAWAY), so a
+        proxy that does not watch health moves new streams on at connect, and the streams in
+        flight finish within `grace`.
         """
         self.service.draining = True
         for task in self._tasks:
             task.cancel()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if announce_s > 0:
+            await asyncio.sleep(announce_s)
         await self.close(grace)
 
     async def close(self, grace: float = 0.0, scheduler_timeout_s: float = 10.0) -> None:
@@ -356,8 +362,13 @@ async def serve(
         log.error("exiting: %s", running.service.fatal)
         return 1
     failed.cancel()
-    log.info("draining: finishing in-flight streams for up to %.0f s", settings.grace_s)
-    drain = asyncio.create_task(running.stop(settings.grace_s))
+    log.info(
+        "draining: NOT_SERVING for %g s with the port open, then in-flight streams get up to "
+        "%g s to finish",
+        settings.drain_announce_s,
+        settings.grace_s,
+    )
+    drain = asyncio.create_task(running.stop(settings.grace_s, settings.drain_announce_s))
     forced = asyncio.create_task(force.wait())
     await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
     if not drain.done():

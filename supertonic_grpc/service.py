@@ -153,7 +153,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         """Refuse work while warming up or draining (run by `Rpcs` before taking a slot)."""
         if self.draining:
             self.metrics.rejected_total.labels("draining").inc()
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "server is draining for shutdown; retry on another one"
+            )
         if self.fatal is not None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server failed; retry on another one")
         if not self.ready:
@@ -314,9 +316,9 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
                             self.metrics.time_to_first_audio_seconds.labels("Synthesize").observe(
                                 ttfa
                             )
-                        # Gaps are counted from when the audio was ready, not when the
-                        # client took it: a slow reader is back-pressure, not a gap.
-                        self.metrics.observe_playback(clock.on_chunk_sent(result.ready, seconds))
+                        # Written now: a slow reader is back-pressure, not a gap.
+                        gap = clock.on_chunk_written(result.ready, time.monotonic(), seconds)
+                        self.metrics.observe_playback(gap)
                         offset += seconds
                         piece += 1
                     if result.last_piece:

@@ -110,6 +110,13 @@ class Settings:
     default_steps: int = field(default=5, metadata={"help": "flow steps when a request has 0"})
     warmup: bool = field(default=True, metadata={"help": "run warm-up batches before SERVING"})
     grace_s: float = field(default=10.0, metadata={"help": "drain time on SIGTERM"})
+    drain_announce_s: float = field(
+        default=3.0,
+        metadata={
+            "help": "on SIGTERM, first answer health NOT_SERVING with the port still open this "
+            "long (new requests UNAVAILABLE), then close it and drain (0: close at once)"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
     metrics_host: str = field(
         default="", metadata={"help": "metrics address (default: --host; 127.0.0.1 keeps it local)"}
@@ -145,6 +152,7 @@ class Settings:
             "keepalive_s": (1, 86400),
             "keepalive_timeout_s": (1, 86400),
             "max_concurrent_streams_per_connection": (0, 1_000_000),
+            "drain_announce_s": (0, 3600),
         }
         non_negative = (
             "max_batch", "max_batch_tokens", "max_wait_ms", "max_streams_per_peer", "grace_s",

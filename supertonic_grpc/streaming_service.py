@@ -253,7 +253,8 @@ class StreamingCall:
         if k == 0:
             self.ttfa = now - self.stream.started
             metrics.time_to_first_audio_seconds.labels("StreamingSynthesize").observe(self.ttfa)
-        gap = self.clock.on_chunk_sent(now, seconds)
+        # Written now: a slow reader is back-pressure, not a gap.
+        gap = self.clock.on_chunk_written(result.ready, now, seconds)
         start = self.segment_starts.pop(k, None)
         if start is not None:
             metrics.sentence_to_audio_seconds.labels(start.trigger.value).observe(

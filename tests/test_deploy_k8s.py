@@ -133,7 +133,8 @@ def test_probes_drain_and_termination_grace_fit_together(overlay: str) -> None:
     pre_stop = server["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     # Kubernetes kills the pod after terminationGracePeriodSeconds, preStop included.
-    budget = float(pre_stop[1]) + float(env["SUPERTONIC_GRACE_S"])
+    drain = float(env["SUPERTONIC_DRAIN_ANNOUNCE_S"]) + float(env["SUPERTONIC_GRACE_S"])
+    budget = float(pre_stop[1]) + drain
     assert pod["terminationGracePeriodSeconds"] > budget
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # warm-up room

@@ -2,8 +2,10 @@
 round_robin (deploy/grpc/service_config.json), as a headless Kubernetes Service is used.
 
 Where streams went is read from each replica's own /metrics. The last test SIGTERMs one
-replica in the middle of a load and checks that no client stream fails; it stops a replica
-of the module's pair, so it stays last in this file.
+replica in the middle of a load and checks that no client stream fails, through the drain's
+announce (health NOT_SERVING, port open, new streams refused with UNAVAILABLE and retried by
+the service config) and its close (refused at connect and retried by nginx); it stops a
+replica of the module's pair, so it stays last in this file.
 """
 
 from __future__ import annotations
@@ -45,12 +47,30 @@ LONG = (
     "That is what a zero-loss drain looks like."
 )
 LONG_OPTIONS = {"steps": 1, "first_chunk_chars": 30, "max_chunk_chars": 40}
+ANNOUNCE_S = 20
 
 
 def synthesize_ok(replica: SpawnedServer) -> float:
     """Finished Synthesize streams with status OK, from the replica's own metrics."""
     body = http_get(replica.metrics_url)
     return sample(body, "supertonic_requests_total", rpc="Synthesize", code="OK")
+
+
+def refused_draining(replica: SpawnedServer) -> float:
+    """Requests the replica refused with UNAVAILABLE because it was draining."""
+    body = http_get(replica.metrics_url)
+    try:
+        return sample(body, "supertonic_rejected_total", reason="draining")
+    except KeyError:
+        return 0.0
+
+
+def ready(replica: SpawnedServer) -> bool:
+    try:
+        http_get(replica.metrics_url.replace("/metrics", "/readyz"))
+    except OSError:  # HTTPError (503) included
+        return False
+    return True
 
 
 def committed_in_flight(replica: SpawnedServer) -> float:
@@ -72,6 +92,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SpawnedS
     work = tmp_path_factory.mktemp("replicas")
     # Demo weights (no model files there), one flow step: the timings, not the audio, matter.
     args = ["--model-dir", str(work / "no-model"), "--default-steps", "1", "--grace-s", "60"]
+    # An announce long enough for a probe to be refused in it on a loaded machine.
+    args += ["--drain-announce-s", str(ANNOUNCE_S)]
     servers = [SpawnedServer(args, work / f"replica-{i}.log", 90) for i in range(2)]
     with contextlib.ExitStack() as stack:
         for server in servers:
@@ -299,18 +321,22 @@ class StreamResult:
     error: str | None
 
 
+def _stream_once(address: str, text: str, options: dict[str, int]) -> StreamResult:
+    with SupertonicClient(address, timeout=120, service_config=SERVICE_CONFIG) as tts:
+        started, error = time.monotonic(), None
+        try:
+            stream = tts.stream(text, **options)
+            if not list(stream) or stream.summary is None:
+                error = "stream ended without audio or summary"
+        except SupertonicError as exc:
+            error = str(exc)
+        return StreamResult(started, time.monotonic(), error)
+
+
 def _load_until(address: str, stop: threading.Event, results: list[StreamResult]) -> None:
     """One client: streams back to back through `address` until `stop` is set."""
-    with SupertonicClient(address, timeout=120, service_config=SERVICE_CONFIG) as tts:
-        while not stop.is_set():
-            started, error = time.monotonic(), None
-            try:
-                stream = tts.stream(LONG, **LONG_OPTIONS)
-                if not list(stream) or stream.summary is None:
-                    error = "stream ended without audio or summary"
-            except SupertonicError as exc:
-                error = str(exc)
-            results.append(StreamResult(started, time.monotonic(), error))
+    while not stop.is_set():
+        results.append(_stream_once(address, LONG, LONG_OPTIONS))
 
 
 def test_sigterm_one_replica_mid_load_loses_no_stream(
@@ -330,6 +356,14 @@ def test_sigterm_one_replica_mid_load_loses_no_stream(
         survivor_before = synthesize_ok(survivor)
         sigterm_at = time.monotonic()
         victim.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: not ready(victim), 30, "the victim's announce (/readyz 503)")
+        # One probe at a time (nginx alternates the replicas, so a refused probe's retry
+        # goes to the survivor) until the announcing victim has refused one.
+        probes = 0
+        while refused_draining(victim) == 0:
+            assert time.monotonic() - sigterm_at < ANNOUNCE_S - 2, f"{probes} probes, none refused"
+            results.append(_stream_once(nginx.address, "Hi.", {"steps": 1}))
+            probes += 1
         # Keep the load going until several streams have started after the signal.
         wait_for(
             lambda: sum(r.started > sigterm_at for r in results) >= 4, 180, "streams after SIGTERM"

@@ -172,6 +172,43 @@ def fake_server() -> Iterator[tuple[_FakeTTS, str]]:
         server.stop(grace=None)
 
 
+class _OneBigMessage(tts_pb2_grpc.TextToSpeechServicer):
+    """Sends a chunk over the 4 MiB default receive limit of gRPC clients in one message, as
+    a server with a raised --max-reply-bytes may."""
+
+    SAMPLES = 2_200_000  # 4.4 MB of LINEAR16
+
+    def Synthesize(
+        self, request: tts_pb2.SynthesizeRequest, context: grpc.ServicerContext
+    ) -> Iterator[tts_pb2.SynthesizeResponse]:
+        chunk = tts_pb2.AudioChunk(
+            audio=b"\x01\x00" * self.SAMPLES,
+            encoding=tts_pb2.LINEAR16,
+            sample_rate_hz=44100,
+            duration_seconds=self.SAMPLES / 44100,
+            last_piece=True,
+        )
+        yield tts_pb2.SynthesizeResponse(chunk=chunk)
+        yield tts_pb2.SynthesizeResponse(
+            summary=tts_pb2.SynthesizeSummary(chunks=1, audio_seconds=self.SAMPLES / 44100)
+        )
+
+
+def test_say_receives_a_message_over_four_mebibytes(say_binary: Path, tmp_path: Path) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    tts_pb2_grpc.add_TextToSpeechServicer_to_server(_OneBigMessage(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        out = tmp_path / "big.wav"
+        result = _run_say(say_binary, "-addr", f"127.0.0.1:{port}", "-text", "Hi.", "-o", str(out))
+    finally:
+        server.stop(grace=None)
+    assert result.returncode == 0, result.stderr
+    params, frames = _read_wav(out)
+    assert params.nframes == _OneBigMessage.SAMPLES and len(frames) > 4 * 1024 * 1024
+
+
 def test_say_writes_wav_from_fake_server_stream(
     say_binary: Path, fake_server: tuple[_FakeTTS, str], tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ import grpc
 import pytest
 from conftest import test_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from promtext import sample
 from test_hardening_rpc import code_of, count, wait_until
 from test_server_lifecycle import free_port, wait_serving
 
@@ -119,6 +120,7 @@ def test_idle_connections_cannot_pin_more_than_the_metrics_threads(live_server) 
         (dict(tls_cert="/nonexistent.pem", tls_key="/nonexistent.key"), "--tls-cert"),
         (dict(tls_key="key.pem"), "--tls-cert and --tls-key"),
         (dict(log_level="LOUD"), "--log-level"),
+        (dict(drain_announce_s=-1), "--drain-announce-s"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_flag(changes, flag) -> None:
@@ -155,27 +157,95 @@ def test_a_bad_default_voice_is_one_error_line_and_exit_code_2(tmp_path) -> None
     assert len(errors) == 1 and "--default-voice" in errors[0], out
 
 
-def test_drain_refuses_new_work_and_a_second_sigterm_exits_at_once(tmp_path) -> None:
-    proc = _serve(tmp_path, "--grace-s", "120")
+def _busy_stream(address: str, sentences: int) -> grpc.Call:
+    """A stream of many one-step chunks, started and past its first message."""
+    stub = tts_pb2_grpc.TextToSpeechStub(grpc.insecure_channel(address))
+    text = " ".join(f"Sentence number {i} keeps the stream busy." for i in range(sentences))
+    call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, steps=1), timeout=300)
+    assert next(call).HasField("chunk")
+    return call
+
+
+def _metric(body: bytes, name: str, **labels: str) -> float:
+    try:
+        return sample(body, name, **labels)
+    except KeyError:
+        return 0.0
+
+
+def test_the_drain_announce_answers_not_serving_with_the_port_open(tmp_path) -> None:
+    metrics_port = free_port()
+    proc = _serve(
+        tmp_path,
+        *("--grace-s", "120", "--drain-announce-s", "600"),
+        *("--metrics-port", str(metrics_port)),
+    )
+    base = f"http://127.0.0.1:{metrics_port}"
     try:
         address = f"127.0.0.1:{proc.port}"  # type: ignore[attr-defined]
         wait_serving(address)
-        stub = tts_pb2_grpc.TextToSpeechStub(grpc.insecure_channel(address))
-        text = " ".join(
-            f"Sentence number {i} keeps the stream busy for a while." for i in range(60)
-        )
-        call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, steps=1), timeout=300)
-        assert next(call).HasField("chunk")
+        call = _busy_stream(address, 12)
+        assert get(base + "/readyz")[0] == 200
         proc.send_signal(signal.SIGTERM)
-        # Draining: the port is closed to new work (a proxy moves it to another replica).
+        # The port stays open: every Check answers (SERVING until the signal lands), none
+        # fails with UNAVAILABLE.
+        assert wait_until(lambda: health(address) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Unread, the stream is held by flow control: it is still in flight now.
+        assert _metric(get(base + "/metrics")[1], "supertonic_active_streams") == 1
+        status, body = get(base + "/readyz")
+        assert status == 503 and json.loads(body)["draining"] is True
+        assert get(base + "/healthz")[0] == 200  # alive: no restart wanted
         fresh = tts_pb2_grpc.TextToSpeechStub(grpc.insecure_channel(address))
+        with pytest.raises(grpc.RpcError) as refused:
+            list(fresh.Synthesize(tts_pb2.SynthesizeRequest(text="Late."), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "draining" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as refused:
+            fresh.SynthesizeOnce(tts_pb2.SynthesizeRequest(text="Late."), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The stream in flight at the signal finishes with all its audio.
+        rest = list(call)
+        assert rest and rest[-1].HasField("summary") and rest[-1].summary.chunks > 1
+        status, metrics = get(base + "/metrics")
+        assert status == 200
+        counted = {
+            (rpc, code): _metric(metrics, "supertonic_requests_total", rpc=rpc, code=code)
+            for rpc in ("Synthesize", "SynthesizeOnce")
+            for code in ("OK", "UNAVAILABLE")
+        }
+        assert counted == {
+            ("Synthesize", "OK"): 1,
+            ("Synthesize", "UNAVAILABLE"): 1,
+            ("SynthesizeOnce", "OK"): 0,
+            ("SynthesizeOnce", "UNAVAILABLE"): 1,
+        }
+        assert _metric(metrics, "supertonic_rejected_total", reason="draining") == 2
+        assert proc.poll() is None  # still announcing
+        # A second signal ends the announce and the process at once.
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 1
+        assert time.monotonic() - started < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate(timeout=10)[0]
+    assert "NOT_SERVING for 600 s with the port open" in out
+
+
+def test_after_the_announce_the_port_closes_and_a_second_sigterm_exits_at_once(tmp_path) -> None:
+    proc = _serve(tmp_path, "--grace-s", "120", "--drain-announce-s", "1")
+    try:
+        address = f"127.0.0.1:{proc.port}"  # type: ignore[attr-defined]
+        wait_serving(address)
+        call = _busy_stream(address, 60)
+        proc.send_signal(signal.SIGTERM)
+        # After the announce the port is closed to new work (a proxy that does not watch
+        # health moves it to another replica at connect), while the long stream goes on.
+        fresh = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
         assert wait_until(
             lambda: (
-                code_of(
-                    lambda: list(
-                        fresh.Synthesize(tts_pb2.SynthesizeRequest(text="Late."), timeout=5)
-                    )
-                )
+                code_of(lambda: fresh.Check(health_pb2.HealthCheckRequest(), timeout=5))
                 is grpc.StatusCode.UNAVAILABLE
             )
         )

@@ -168,8 +168,19 @@ def test_stalled_readers_lose_their_slots_after_the_write_timeout(make_server, c
 
 def test_unary_calls_are_not_streams_and_do_not_queue_all_their_chunks(make_server) -> None:
     server = make_server(lookahead_chunks=2)
+    scheduler = server.running.scheduler
     gate = threading.Event()
-    blocker = server.running.scheduler.call(lambda _engine: gate.wait(60))
+    blocker = scheduler.call(lambda _engine: gate.wait(60))
+    # The queue depth right after every submit: with the model blocked, a request that
+    # ignored the lookahead would queue all thirty of its chunks at once.
+    depths: list[int] = []
+    submit = scheduler.submit
+
+    def recording_submit(job, force=False):
+        submit(job, force=force)
+        depths.append(scheduler.queued())
+
+    scheduler.submit = recording_submit
     text = "A short sentence. " * 30
     reply: dict[str, object] = {}
 
@@ -182,10 +193,7 @@ def test_unary_calls_are_not_streams_and_do_not_queue_all_their_chunks(make_serv
     worker = threading.Thread(target=once)
     worker.start()
     try:
-        assert wait_until(lambda: server.running.scheduler.queued() >= 1)
-        time.sleep(0.3)
-        # Thirty chunks, yet only the lookahead is queued.
-        assert server.running.scheduler.queued() <= 2
+        assert wait_until(lambda: len(depths) >= 2)
         body = scrape(server)
         assert sample(body, "supertonic_active_streams") == 0
         assert sample(body, "supertonic_active_unary_requests", rpc="SynthesizeOnce") == 1
@@ -194,6 +202,11 @@ def test_unary_calls_are_not_streams_and_do_not_queue_all_their_chunks(make_serv
     blocker.result(30)
     worker.join(120)
     assert reply["r"].summary.chunks >= 20  # type: ignore[attr-defined]
+    assert len(depths) == reply["r"].summary.chunks  # type: ignore[attr-defined]
+    # Thirty chunks, yet never more than the lookahead queued (plus, for a moment, a chunk
+    # whose result is out but which leaves the scheduler's books at its next tick).
+    assert depths[:2] == [1, 2]
+    assert max(depths) <= 2 + 1, depths
     assert sample(scrape(server), "supertonic_active_unary_requests", rpc="SynthesizeOnce") == 0
 
 
@@ -242,3 +255,70 @@ def test_a_handler_that_aborts_itself_is_counted_with_its_code(make_server) -> N
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert wait_until(lambda: count(server, "Synthesize", "FAILED_PRECONDITION") == 1)
     assert count(server, "Synthesize", "INTERNAL") == 0
+
+
+@pytest.mark.parametrize("rpc", ["Synthesize", "StreamingSynthesize"])
+def test_a_slow_reader_is_back_pressure_not_an_underrun(make_server, rpc) -> None:
+    server = make_server(lookahead_chunks=2)
+    # Chunks of ~2.5 s of audio in 32-bit floats at 48 kHz: each far over the 64 KiB window
+    # of a client without BDP probing, so the server's writes wait for the reader.
+    text = " ".join(f"Sentence {i} is forty characters long, or so." for i in range(5))
+    audio_config = tts_pb2.AudioConfig(encoding=tts_pb2.PCM_F32, sample_rate_hz=48000)
+    chunking = tts_pb2.ChunkingConfig(first_chunk_chars=45, max_chunk_chars=45)
+    stub = stub_for(server.address, STALLED_OPTIONS)
+    if rpc == "Synthesize":
+        req = tts_pb2.SynthesizeRequest(
+            text=text, steps=1, audio_config=audio_config, chunking=chunking
+        )
+        call = stub.Synthesize(req, timeout=120)
+    else:
+        config = tts_pb2.StreamingSynthesizeConfig(
+            steps=1, audio_config=audio_config, chunking=chunking
+        )
+        requests = [
+            tts_pb2.StreamingSynthesizeRequest(config=config),
+            tts_pb2.StreamingSynthesizeRequest(text=text),
+        ]
+        call = stub.StreamingSynthesize(iter(requests), timeout=120)
+    first = next(call)
+    assert first.HasField("chunk")
+    # The lookahead is computed and the handler waits on a write the client does not take.
+    assert wait_until(lambda: server.running.scheduler.queued() == 0)
+    # The reader pauses for longer than the audio it holds (the subject of the test, not
+    # an ordering sleep): counted from its reads, the next chunks would look late.
+    time.sleep(8)
+    rest = list(call)
+    assert rest[-1].HasField("summary") and rest[-1].summary.chunks == 5
+    body = scrape(server)
+    assert sample(body, "supertonic_underruns_total") == 0
+
+
+def test_a_unary_reply_that_outgrows_its_estimate_is_stopped_and_counted(
+    make_server, monkeypatch
+) -> None:
+    from supertonic_grpc import service as service_module
+
+    class Underestimated(service_module.ChunkStream):
+        """A text whose audio the plan underestimates (as one in a slow language may be)."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.estimates = [0.0 for _ in self.estimates]
+
+    monkeypatch.setattr(service_module, "ChunkStream", Underestimated)
+    server = make_server(max_reply_bytes=256 * 1024, lookahead_chunks=1)
+    # Ten chunks of ~2.5 s in 32-bit floats at 48 kHz: the first one alone passes 256 KiB.
+    text = " ".join(f"Sentence {i} is forty characters long, or so." for i in range(10))
+    req = pcm_f32(text, chunking=tts_pb2.ChunkingConfig(first_chunk_chars=45, max_chunk_chars=45))
+    req.audio_config.sample_rate_hz = 48000
+    with pytest.raises(grpc.RpcError) as exc:
+        stub_for(server.address).SynthesizeOnce(req, timeout=60)
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "use Synthesize" in exc.value.details()
+    assert count(server, "SynthesizeOnce", "RESOURCE_EXHAUSTED") == 1
+    # It stopped at once: the rest of its chunks never reached the model.
+    assert wait_until(lambda: server.running.scheduler.queued() == 0)
+    computed = sum(
+        sample(scrape(server), "supertonic_chunks_total", priority=p) for p in ("high", "normal")
+    )
+    assert computed <= 2

@@ -224,3 +224,22 @@ def test_an_explicit_revision_is_used_without_asking_for_main(
     monkeypatch.setitem(COMMITS, MODEL_REPO, pinned)
     target = download(tmp_path / "model", revision=pinned)
     assert json.loads((target / hub_mod.LOCK_FILE).read_text())["revisions"][MODEL_REPO] == pinned
+
+
+def test_a_lock_copied_into_a_fresh_directory_pins_that_download(
+    tmp_path: Path, fake_hub: list[str], remote: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = download(tmp_path / "first")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(first / hub_mod.LOCK_FILE, fresh / hub_mod.LOCK_FILE)
+    changed = tmp_path / "changed"
+    shutil.copytree(remote[MODEL_REPO], changed)
+    voice = json.loads((changed / "voice_styles" / "F2.json").read_text())
+    # The same values in other bytes: still a file the lock did not pin.
+    (changed / "voice_styles" / "F2.json").write_text(json.dumps(voice))
+    monkeypatch.setitem(remote, MODEL_REPO, changed)
+    with pytest.raises(DownloadError, match=r"voice_styles/F2.json.*pinned SHA-256") as info:
+        download(fresh)
+    assert "\n" not in str(info.value)
+    assert not (fresh / "voice_styles" / "F2.json").exists()
