@@ -33,7 +33,7 @@ from supertonic_grpc.engine import (
     reserve_cpu_threads,
 )
 from supertonic_grpc.metrics import Metrics
-from supertonic_grpc.scheduler import Scheduler, SchedulerStopped
+from supertonic_grpc.scheduler import Scheduler, SchedulerStopped, TickTrace
 from supertonic_grpc.service import ModelInfo, TextToSpeechService
 from supertonic_grpc.settings import Settings, SettingsError
 from supertonic_grpc.voices import UnknownVoiceError
@@ -197,6 +197,7 @@ async def start_server(
         max_batch_tokens=settings.resolved_max_batch_tokens(engine.device.type),
         mix_priorities=engine.device.type == "cuda",
         metrics=metrics,
+        trace=TickTrace(settings.trace_ticks) if settings.trace_ticks else None,
     )
     scheduler.start()
     service = TextToSpeechService(

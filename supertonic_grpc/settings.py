@@ -52,6 +52,9 @@ class Settings:
             "GPU): bounds one step, so how long a new listener waits for the step in flight"
         },
     )
+    trace_ticks: str = field(
+        default="", metadata={"help": "append every scheduler tick to this file (JSON lines)"}
+    )
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
     max_streams: int = field(default=512, metadata={"help": "concurrent requests"})
