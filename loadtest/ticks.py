@@ -51,9 +51,9 @@ def first_audio(rows: Iterable[dict[str, Any]]) -> list[FirstAudio]:
             acc["co"] += sum(1 for s in row["stepped"] if s[0] != rid)
         tick_start = row["started"]
         for rid, when in row["first_pieces"]:
-            acc = open_.pop(rid, None)
-            if acc is None:
+            if rid not in open_:
                 continue
+            acc = open_.pop(rid)
             admit_s, step_s, vocode_s = acc["stage"]
             # Of this tick's vocoding, only what came before the piece was handed over.
             this_vocode = row["stage_s"][2]

@@ -13,9 +13,11 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+from wsgiref.simple_server import WSGIServer
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
@@ -53,7 +55,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     metrics: Metrics
     bundle: ModelBundle
-    _http: object | None = field(default=None, repr=False)
+    _http: tuple[WSGIServer, threading.Thread] | None = field(default=None, repr=False)
     _warmup: asyncio.Task[None] | None = field(default=None, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     failed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -100,7 +102,7 @@ class RunningServer:
         await self.server.stop(grace)
         await asyncio.to_thread(self.scheduler.stop, scheduler_timeout_s)
         if self._http is not None:
-            http_server, thread = self._http  # type: ignore[misc]
+            http_server, thread = self._http
             http_server.shutdown()
             http_server.server_close()
             thread.join(5)
@@ -185,9 +187,9 @@ async def start_server(
     server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     rpc.add_servicer(service, tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"], server)
     health_servicer = health.aio.HealthServicer()
-    rpc.add_servicer(
-        health_servicer, health_pb2.DESCRIPTOR.services_by_name["Health"], server, guard=True
-    )
+    # types-grpcio-health-checking types the descriptor as upb's class, not the API's.
+    health_service = cast(ServiceDescriptor, health_pb2.DESCRIPTOR.services_by_name["Health"])
+    rpc.add_servicer(health_servicer, health_service, server, guard=True)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(

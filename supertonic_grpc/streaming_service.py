@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -260,11 +260,11 @@ class StreamingCall:
             while True:
                 if read is None and not self.input_closed:
                     read = asyncio.ensure_future(anext(self.requests, _EOF))
-                waiting: set[asyncio.Future[object]] = {gone}
+                waiting: set[asyncio.Future[Any]] = {gone}
                 if read is not None:
                     waiting.add(read)
                 if self.sent < len(self.stream.futures):
-                    waiting.add(self.stream.futures[self.sent])  # type: ignore[arg-type]
+                    waiting.add(self.stream.futures[self.sent])
                 elif self.input_closed:
                     break  # every chunk sent and no more text will come
                 now = time.monotonic()
@@ -350,9 +350,12 @@ async def open_call(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"stream idle: no config within {svc.settings.stream_idle_s:g} s",
         ) from None
-    if first is _EOF or first.WhichOneof("request") != "config":  # type: ignore[union-attr]
+    if (
+        not isinstance(first, tts_pb2.StreamingSynthesizeRequest)  # the end of the input
+        or first.WhichOneof("request") != "config"
+    ):
         raise invalid("config", "the first message must carry the config")
-    config = first.config  # type: ignore[union-attr]
+    config = first.config
     voicing = plan_voicing(
         config_request(config),
         settings=svc.settings,
@@ -374,7 +377,8 @@ async def streaming_synthesize(
     # gRPC does not always cancel a bidi handler's task when the client cancels (it may
     # only notice at the next write), so the call's end is watched directly: a barge-in
     # drops the queued work at once and wakes the loop.
-    call.context.add_done_callback(lambda _: session.hang_up())
+    # grpc-stubs declare the callback as a class, which no function can be.
+    call.context.add_done_callback(lambda _: session.hang_up())  # type: ignore[arg-type]
     waker = _WAKERS.setdefault(asyncio.get_running_loop(), _Waker())
     waker.acquire()
     try:

@@ -113,7 +113,7 @@ class Voicing:
         )
 
 
-def proto_encoding(encoding: audio.Encoding) -> int:
+def proto_encoding(encoding: audio.Encoding) -> tts_pb2.AudioEncoding:
     return {v: k for k, v in _ENCODINGS.items() if k != tts_pb2.AUDIO_ENCODING_UNSPECIFIED}[
         encoding
     ]

@@ -104,6 +104,12 @@ class ChannelsLastConv:
         return y
 
 
+def _detached(t: torch.Tensor | None, what: str) -> torch.Tensor:
+    if t is None:  # the model's layers always have them
+        raise ValueError(f"a layer without its {what}")
+    return t.detach()
+
+
 class ChannelsLastConvNeXt:
     """One ConvNeXt block's forward, channels-last.
 
@@ -119,15 +125,16 @@ class ChannelsLastConvNeXt:
             self.dwconv = ChannelsLastConv(conv, *((pad, 0) if block.causal else (block.pad,) * 2))
             norm = block.norm.norm
             self.norm_shape = norm.normalized_shape
-            self.norm_weight, self.norm_bias = norm.weight.detach(), norm.bias.detach()
+            self.norm_weight = _detached(norm.weight, "LayerNorm weight")
+            self.norm_bias = _detached(norm.bias, "LayerNorm bias")
             self.norm_eps = norm.eps
             # residual + gamma * (W2 h + b2) == residual + (gamma W2) h + gamma b2.
             gamma = block.gamma.detach().reshape(-1)
             self.mlp = PointwiseMLP(
                 block.pwconv1.weight.detach().squeeze(-1),
-                block.pwconv1.bias.detach(),
+                _detached(block.pwconv1.bias, "first pointwise bias"),
                 block.pwconv2.weight.detach().squeeze(-1) * gamma[:, None],
-                block.pwconv2.bias.detach() * gamma,
+                _detached(block.pwconv2.bias, "second pointwise bias") * gamma,
                 precision,
             )
 
@@ -180,9 +187,11 @@ class ChannelsLastDecoder:
             self.embed = ChannelsLastConv(decoder.embed.net, decoder.embed.pad, 0)
             bn = decoder.final_norm.norm
             # Eval-mode BatchNorm is a per-channel affine map.
-            scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
+            mean = _detached(bn.running_mean, "BatchNorm running mean")
+            var = _detached(bn.running_var, "BatchNorm running variance")
+            scale = _detached(bn.weight, "BatchNorm weight") / torch.sqrt(var + bn.eps)
             self.bn_scale = scale
-            self.bn_shift = bn.bias.detach() - bn.running_mean.detach() * scale
+            self.bn_shift = _detached(bn.bias, "BatchNorm bias") - mean * scale
             head = decoder.head
             self.head1 = ChannelsLastConv(head.layer1.net, head.layer1.pad, 0)
             self.prelu = head.act.weight.detach().clone()

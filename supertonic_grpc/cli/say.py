@@ -11,13 +11,16 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from supertonic_grpc import audio
 from supertonic_grpc.cli.common import CommandError, UsageError, add_model_dir, add_server, connect
 from supertonic_grpc.text import LANGUAGES
+
+if TYPE_CHECKING:  # the light client loads only for --server
+    from supertonic_client.options import RequestOptions
 
 _RAW_ENCODINGS = ("LINEAR16", "PCM_F32", "MULAW", "ALAW")
 
@@ -50,7 +53,7 @@ def _check_engine_limits(args: argparse.Namespace) -> None:
         raise UsageError(f"steps: {args.steps} is not in {MIN_STEPS}..{MAX_STEPS}")
 
 
-def _request_options(args: argparse.Namespace) -> dict[str, object]:
+def _request_options(args: argparse.Namespace) -> RequestOptions:
     return {
         "voice": args.voice or "",
         "language": args.lang,
@@ -87,7 +90,7 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
 
     _check_engine_limits(args)
     model = bundle.load_bundle(args.model_dir or None)
-    req = build_request(args.text, **_request_options(args))  # type: ignore[arg-type]
+    req = build_request(args.text, **_request_options(args))
     try:
         # The server's own validation and chunking, so `say` speaks exactly as `serve` would.
         plan = plan_request(
@@ -167,7 +170,7 @@ def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
     stream = None
     try:
         with connect(args) as client:
-            stream = client.stream(args.text, **options)  # type: ignore[arg-type]
+            stream = client.stream(args.text, **options)
             for chunk in stream:
                 if out is not None:
                     out.write(chunk.data)

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from supertonic_grpc.scheduler.decision import StepDecision
 from supertonic_grpc.scheduler.jobs import (
@@ -36,6 +36,8 @@ from supertonic_grpc.scheduler.policy import CostModel, Limits, Policy, Running
 from supertonic_grpc.scheduler.stages import Stages
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Scheduler:
@@ -121,9 +123,9 @@ class Scheduler:
             self._cond.notify()
         return dropped
 
-    def call(self, fn: Callable[[EngineLike], Any]) -> Future[Any]:
+    def call(self, fn: Callable[[EngineLike], T]) -> Future[T]:
         """Run `fn(engine)` on the scheduler thread between ticks (warm-up, probes)."""
-        fut: Future[Any] = Future()
+        fut: Future[T] = Future()
         with self._cond:
             if not self._running_flag:
                 raise SchedulerStopped("scheduler is not running")
@@ -291,8 +293,10 @@ class Scheduler:
         # A first piece plays for only ~0.7 s: decode what follows it right after it is out
         # (a short one when it would hold up a much cheaper newcomer: see follow_frames).
         # Newcomers still without first audio: queued, or admitted and stepping.
-        waiting = [e[2] for e in list(self._high)] + [r.job for r in self._running if r.high]
-        follow = [(r, self.policy.follow_frames(r, waiting)) for r in firsts if r in self._running]
+        newcomers = [e[2] for e in list(self._high)] + [r.job for r in self._running if r.high]
+        follow = [
+            (r, self.policy.follow_frames(r, newcomers)) for r in firsts if r in self._running
+        ]
         vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
@@ -326,9 +330,7 @@ class Scheduler:
             m.batch_compute_seconds.observe(compute)
             if stepped:
                 m.batch_size.observe(len(stepped))
-            running_gauge = getattr(m, "running_chunks", None)
-            if running_gauge is not None:
-                running_gauge.set(len(self._running))
+            m.running_chunks.set(len(self._running))
         return decision
 
     def _vocode(

@@ -312,7 +312,7 @@ class Policy:
         always; others too when no first chunk is in flight or queued (`high_work`), else
         only when due soon, and then short ones. A tick that also ran a flow step vocodes
         half as much, so ticks stay short."""
-        out = []
+        out: list[tuple[Running, int]] = []
         budget = self.limits.max_vocode_frames // (2 if stepped else 1)
         contended = high_work and not self.limits.mix
         ready = [r for r in running if r.flight.denoised and not r.flight.finished]
@@ -360,7 +360,8 @@ def _fair_order(items: Sequence[_E], ticket_of: Callable[[_E], Ticket], busy: se
     """Rank order, except that a request's second item waits behind every other request's
     first (requests in `busy` already have one)."""
     seen = set(busy)
-    first, rest = [], []
+    first: list[_E] = []
+    rest: list[_E] = []
     for item in items:
         key = id(ticket_of(item))
         (rest if key in seen else first).append(item)
