@@ -71,17 +71,19 @@ ops-tools:
 run: install
 	$(PY) -m supertonic_grpc.cli serve $(ARGS)
 
-test: install go-tools ops-tools proto-tools client-venvs
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+# The gate: lint (ruff, mypy) first, then every test.
+test: lint go-tools ops-tools proto-tools client-venvs
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# mypy's files and settings are in pyproject.toml ([tool.mypy]): the package, the load tester,
+# the benchmarks, the light client and the tests' helper modules; generated stubs excluded.
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 format: install
 	$(PY) -m ruff format .

@@ -114,7 +114,12 @@ def _batch(bundle: ModelBundle, size: int, steps: int) -> list[Utterance]:
     return _utterances(bundle, [TEXTS[i % len(TEXTS)] for i in range(size)], steps)
 
 
-def _timed(engine: Engine, items: list[Utterance]) -> tuple[float, float]:
+def _timed(engine: Engine, items: list[Utterance], gap_s: float = 0.0) -> tuple[float, float]:
+    # The modes share the cores in turn: ONNX Runtime's pool spins for a while after each run
+    # and OpenMP's team after each parallel region, so without a pause each mode would be
+    # timed against the previous one's spinning threads.
+    if gap_s > 0:
+        time.sleep(gap_s)
     start = time.perf_counter()
     out = engine.synthesize(items)
     return time.perf_counter() - start, sum(o.duration_s for o in out)
@@ -211,7 +216,7 @@ def run(args: argparse.Namespace) -> Report:
         # Modes alternate within each repetition, so drift on a busy machine hits both alike.
         for _ in range(args.repeats):
             for mode, engine in engines.items():
-                wall, audio[mode] = _timed(engine, items)
+                wall, audio[mode] = _timed(engine, items, args.gap_s)
                 walls[mode].append(wall)
         for mode in engines:
             rtfs = [audio[mode] / w for w in walls[mode]]
@@ -224,7 +229,7 @@ def run(args: argparse.Namespace) -> Report:
     first_walls: dict[str, list[float]] = {mode: [] for mode in engines}
     for _ in range(args.repeats):
         for mode, engine in engines.items():
-            first_walls[mode].append(_timed(engine, first)[0])
+            first_walls[mode].append(_timed(engine, first, args.gap_s)[0])
     report.first_chunk_seconds = {m: statistics.median(w) for m, w in first_walls.items()}
     if COMPILED not in engines and not report.compile_error:
         report.compile_note = (
@@ -298,6 +303,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime baseline")
     p.add_argument(
         "--onnx-cache", default=".cache/onnx", help="where exported ONNX stages are kept"
+    )
+    p.add_argument(
+        "--gap-s",
+        type=float,
+        default=0.2,
+        help="idle seconds before each timed call, so no mode runs against another's spinning "
+        "worker threads (default 0.2)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument(

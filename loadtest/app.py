@@ -106,9 +106,9 @@ async def drive(cfg: RunConfig, args: argparse.Namespace) -> dict[str, Any]:
             return {"server_info": info, **await listeners.drive_levels(cfg, args, stubs, picker)}
         levels: list[LevelResult] = []
         for users in cfg.users:
-            result = await run_level(cfg, stubs, picker, users)
-            levels.append(result)
-            log.info("%s", progress_line(result))
+            level = await run_level(cfg, stubs, picker, users)
+            levels.append(level)
+            log.info("%s", progress_line(level))
         return {"server_info": info, "levels": levels}
     finally:
         for channel in channels:

@@ -8,7 +8,11 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-LANGUAGES = ("en", "es", "fr", "pt", "ko")
+_TEXTS = resources.files("loadtest") / "texts"
+# The languages with bundled texts, one file each (a test checks they are the server's).
+LANGUAGES = tuple(
+    sorted(f.name.removesuffix(".json") for f in _TEXTS.iterdir() if f.name.endswith(".json"))
+)
 
 # A sentence ends at . ! ? (French puts a space before ! and ?), then a space or the end.
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
@@ -34,9 +38,8 @@ def load_texts(languages: tuple[str, ...] = LANGUAGES, max_sentences: int = 6) -
     if unknown:
         raise ValueError(f"no bundled texts for language(s) {', '.join(unknown)}")
     texts: list[Text] = []
-    folder = resources.files("loadtest") / "texts"
     for lang in languages:
-        data = json.loads((folder / f"{lang}.json").read_text(encoding="utf-8"))
+        data = json.loads((_TEXTS / f"{lang}.json").read_text(encoding="utf-8"))
         for item in data["texts"]:
             text = Text(id=item["id"], language=data["language"], text=item["text"])
             if text.sentences <= max_sentences:

@@ -80,7 +80,9 @@ async def probe(channel: grpc.aio.Channel, timeout_s: float = 3.0) -> str:
     """
     stub = health_pb2_grpc.HealthStub(channel)
     try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        # types-grpcio-health-checking declares HealthStub without its methods.
+        check = stub.Check  # type: ignore[attr-defined]
+        reply = await check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from supertonic_grpc.model import Supertonic, SupertonicConfig, build_model
 from supertonic_grpc.model.defaults import default_config_dict
+from supertonic_grpc.model.hub import default_model_dir
 from supertonic_grpc.model.weights import WEIGHTS_FILE, load_pseudo_weights, load_weights
 from supertonic_grpc.text import LANGUAGES, Tokenizer
 from supertonic_grpc.voices import VoiceBank
@@ -26,15 +27,6 @@ log = logging.getLogger(__name__)
 DEMO = "demo"
 REAL = "real"
 DOWNLOAD_HINT = "run `supertonic-grpc download` (needs network access to huggingface.co)"
-
-
-def default_model_dir() -> Path:
-    """`$SUPERTONIC_MODEL_DIR`, else `$XDG_CACHE_HOME/supertonic-grpc/supertonic-2`."""
-    env = os.environ.get("SUPERTONIC_MODEL_DIR")
-    if env:
-        return Path(env).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "supertonic-grpc" / "supertonic-2"
 
 
 def _find(model_dir: Path, name: str) -> Path | None:

@@ -22,9 +22,8 @@ from prometheus_client import (
 )
 
 from supertonic_grpc.metrics_http import Route, serve_http
-from supertonic_grpc.playback import PlaybackClock
 
-__all__ = ["PRIORITIES", "REJECT_REASONS", "Metrics", "PlaybackClock"]
+__all__ = ["PRIORITIES", "REJECT_REASONS", "Metrics"]
 
 PREFIX = "supertonic"
 PRIORITIES = ("high", "normal")
@@ -198,7 +197,7 @@ class Metrics:
 
     def observe_playback(self, gap_seconds: float) -> None:
         """Count one underrun of ``gap_seconds`` (as returned by
-        :meth:`PlaybackClock.on_chunk_sent`); a gap of 0 counts nothing."""
+        :meth:`playback.PlaybackClock.on_chunk_sent`); a gap of 0 counts nothing."""
         if gap_seconds > 0.0:
             self.underruns_total.inc()
             self.underrun_seconds_total.inc(gap_seconds)

@@ -105,7 +105,7 @@ def serve_http(
     server_class = type(
         "MetricsHTTPServer", (BoundedWSGIServer,), {"max_connections": max_connections}
     )
-    httpd: BoundedWSGIServer = make_server(  # type: ignore[assignment]
+    httpd: BoundedWSGIServer = make_server(
         host, port, app, server_class, handler_class=_QuietHandler
     )
     if ssl_context is not None:

@@ -13,35 +13,32 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
+from wsgiref.simple_server import WSGIServer
 
 import grpc
-import torch
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2
 from supertonic_grpc import rpc, security
-from supertonic_grpc.backends import gpu, parse_precision
 from supertonic_grpc.bundle import ModelBundle, load_bundle
-from supertonic_grpc.engine import (
-    DEMO_CHARS_PER_SECOND,
-    Engine,
-    pick_device,
-    reserve_cpu_threads,
-)
+from supertonic_grpc.engine import Engine
+from supertonic_grpc.engine import device as devices
+from supertonic_grpc.engine.serving import build_engine, warm_up
 from supertonic_grpc.metrics import Metrics
-from supertonic_grpc.scheduler import Scheduler, SchedulerStopped
+from supertonic_grpc.scheduler import Scheduler, SchedulerStopped, TickTrace
 from supertonic_grpc.service import ModelInfo, TextToSpeechService
 from supertonic_grpc.settings import Settings, SettingsError
 from supertonic_grpc.voices import UnknownVoiceError
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Shapes the warm-up runs through, so compiled graphs exist before the first listener.
-WARMUP_BATCHES = (1, 2, 4, 8)
-WARMUP_TEXT_LENGTHS = (32, 128, 320)
 DEVICE_PROBE_S = 10.0  # how often the watchdog checks a CUDA device
 DEVICE_PROBE_TIMEOUT_S = 120.0  # behind the longest batch
 
@@ -58,7 +55,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     metrics: Metrics
     bundle: ModelBundle
-    _http: object | None = field(default=None, repr=False)
+    _http: tuple[WSGIServer, threading.Thread] | None = field(default=None, repr=False)
     _warmup: asyncio.Task[None] | None = field(default=None, repr=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     failed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -105,7 +102,7 @@ class RunningServer:
         await self.server.stop(grace)
         await asyncio.to_thread(self.scheduler.stop, scheduler_timeout_s)
         if self._http is not None:
-            http_server, thread = self._http  # type: ignore[misc]
+            http_server, thread = self._http
             http_server.shutdown()
             http_server.server_close()
             thread.join(5)
@@ -140,31 +137,6 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
-def build_engine(bundle: ModelBundle, settings: Settings, cpu_threads: int | None = None) -> Engine:
-    """The engine for these settings (device, dtype, precision, compile, demo pacing);
-    `cpu_threads` for the scheduler thread when the main thread reserved them."""
-    device = pick_device(settings.device)
-    if settings.dtype not in _DTYPES:
-        raise ValueError(f"--dtype: {settings.dtype!r} is not one of {', '.join(_DTYPES)}")
-    try:
-        precision = parse_precision(settings.precision)
-    except ValueError as exc:
-        raise ValueError(f"--precision: {exc}") from None
-    return Engine(
-        bundle.model,
-        device=device,
-        dtype=_DTYPES[settings.dtype],
-        compile=settings.compile,
-        compile_mode=settings.compile_mode,
-        length_multiple=16 if settings.compile else 1,
-        # CUDA graphs: a small fixed set of lengths, all recorded before SERVING.
-        length_buckets=gpu.GPU_LENGTH_BUCKETS if settings.compile and device.type == "cuda" else (),
-        demo_pacing=DEMO_CHARS_PER_SECOND if bundle.is_demo else None,
-        precision=precision,
-        cpu_threads=cpu_threads,
-    )
-
-
 async def start_server(
     settings: Settings, bundle: ModelBundle | None = None, cpu_threads: int | None = None
 ) -> RunningServer:
@@ -176,7 +148,7 @@ async def start_server(
     except UnknownVoiceError as exc:
         raise SettingsError(f"--default-voice: {exc}") from None
     api_keys = security.load_api_keys(settings)
-    engine = build_engine(bundle, settings, cpu_threads)
+    engine = build_engine(bundle.model, settings, demo=bundle.is_demo, cpu_threads=cpu_threads)
     metrics = Metrics()
     metrics.set_model_info(
         state=bundle.state,
@@ -194,6 +166,7 @@ async def start_server(
         max_batch_tokens=settings.resolved_max_batch_tokens(engine.device.type),
         mix_priorities=engine.device.type == "cuda",
         metrics=metrics,
+        trace=TickTrace(settings.trace_ticks) if settings.trace_ticks else None,
     )
     scheduler.start()
     service = TextToSpeechService(
@@ -214,9 +187,9 @@ async def start_server(
     server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
     rpc.add_servicer(service, tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"], server)
     health_servicer = health.aio.HealthServicer()
-    rpc.add_servicer(
-        health_servicer, health_pb2.DESCRIPTOR.services_by_name["Health"], server, guard=True
-    )
+    # types-grpcio-health-checking types the descriptor as upb's class, not the API's.
+    health_service = cast(ServiceDescriptor, health_pb2.DESCRIPTOR.services_by_name["Health"])
+    rpc.add_servicer(health_servicer, health_service, server, guard=True)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
@@ -248,7 +221,7 @@ async def start_server(
     )
     running._warmup = asyncio.create_task(_warm_up(running, engine, settings))
     running._tasks.append(asyncio.create_task(_watchdog(running, engine.device)))
-    if engine.device.type == "cuda":
+    if devices.memory_bytes(engine.device):
         running._tasks.append(asyncio.create_task(_watch_device_memory(metrics, engine.device)))
     mode = "DEMO (pseudo weights: audio is noise)" if bundle.is_demo else "real weights"
     log.info(
@@ -271,19 +244,19 @@ async def _warm_up(running: RunningServer, engine: Engine, settings: Settings) -
     try:
         voice = running.bundle.voices.get(settings.default_voice)
         if settings.warmup:
-            max_batch = running.scheduler.max_batch
-            sizes = (
-                sorted({b for b in WARMUP_BATCHES if b <= max_batch} | {max_batch})
-                if settings.compile
-                else (1,)
+            max_batch, compiled = running.scheduler.max_batch, settings.compile
+            fut = running.scheduler.call(
+                lambda _: warm_up(engine, voice, max_batch=max_batch, compiled=compiled)
             )
-            lengths = WARMUP_TEXT_LENGTHS if settings.compile else (32,)
-            fut = running.scheduler.call(lambda _: engine.warmup(sizes, lengths, voice=voice))
-            seconds = await asyncio.wrap_future(fut)
-            log.info("warm-up done in %.1f s (batches %s, lengths %s)", seconds, sizes, lengths)
-            if settings.compile and engine.device.type == "cuda":
-                fut = running.scheduler.call(lambda _: gpu.warm_up_engine(engine, max_batch))
-                log.info("recorded %d bucketed shapes", await asyncio.wrap_future(fut))
+            done = await asyncio.wrap_future(fut)
+            log.info(
+                "warm-up done in %.1f s (batches %s, lengths %s)",
+                done.seconds,
+                done.batch_sizes,
+                done.text_lengths,
+            )
+            if done.recorded_shapes:
+                log.info("recorded %d bucketed shapes", done.recorded_shapes)
     except Exception as exc:
         await running.fail(f"warm-up failed: {type(exc).__name__}: {exc}")
         return
@@ -309,7 +282,7 @@ async def _watchdog(
             return
         if device.type == "cuda" and running.service.ready and tick % probe_every == 0:
             try:
-                fut = running.scheduler.call(lambda _: torch.cuda.synchronize(device))
+                fut = running.scheduler.call(lambda _: devices.probe(device))
                 await asyncio.wait_for(asyncio.wrap_future(fut), DEVICE_PROBE_TIMEOUT_S)
             except SchedulerStopped:
                 return
@@ -330,8 +303,8 @@ def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
 
 async def _watch_device_memory(metrics: Metrics, device: torch.device) -> None:
     while True:
-        metrics.device_memory_bytes.labels("allocated").set(torch.cuda.memory_allocated(device))
-        metrics.device_memory_bytes.labels("reserved").set(torch.cuda.memory_reserved(device))
+        for kind, n in devices.memory_bytes(device).items():
+            metrics.device_memory_bytes.labels(kind).set(n)
         await asyncio.sleep(5)
 
 
@@ -385,9 +358,8 @@ def run(settings: Settings) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    torch.set_grad_enabled(False)
     try:
-        code = asyncio.run(serve(settings, cpu_threads=reserve_cpu_threads()))
+        code = asyncio.run(serve(settings, cpu_threads=devices.inference_only()))
     except SettingsError as exc:
         log.error("bad setting: %s", exc)
         return 2

@@ -15,24 +15,20 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import numpy as np
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
-from supertonic_grpc import audio
+from supertonic_grpc import audio, replies
 from supertonic_grpc.metrics import Metrics
-from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.rpc import Call, Limits, Rpcs, failure_status
 from supertonic_grpc.scheduler import JobResult, Scheduler
 from supertonic_grpc.settings import Settings
 from supertonic_grpc.streaming_service import streaming_synthesize
 from supertonic_grpc.streams import ChunkStream
-from supertonic_grpc.text import LANGUAGES, TextChunk, Tokenizer
-from supertonic_grpc.text.timings import word_timings
+from supertonic_grpc.text import LANGUAGES, Tokenizer
 from supertonic_grpc.validation import (
-    NATIVE_RATE,
     Plan,
     RequestError,
     plan_request,
@@ -42,12 +38,6 @@ from supertonic_grpc.voices import VoiceBank
 
 log = logging.getLogger(__name__)
 
-# No stream message is larger than 1 MiB: every gRPC client's default receive limit is
-# 4 MiB, and small messages keep a slow network's latency per message low. The audio gets
-# all of it but a margin for the message's other fields (text, offsets, word timings).
-MAX_MESSAGE_BYTES = 1 << 20
-MAX_MESSAGE_AUDIO_BYTES = MAX_MESSAGE_BYTES - (64 << 10)
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -55,21 +45,7 @@ class ModelInfo:
 
     state: str  # "real" or "demo"
     version: str
-    sample_rate: int = NATIVE_RATE
-
-
-def _word_timings(c: TextChunk, duration_s: float, offset: float) -> list[tts_pb2.WordTiming]:
-    """Estimated word timings of one chunk, in the stream's offsets and audio timeline."""
-    return [
-        tts_pb2.WordTiming(
-            word=w.word,
-            text_start=w.start,
-            text_end=w.end,
-            start_seconds=w.start_s,
-            end_seconds=w.end_s,
-        )
-        for w in word_timings(c.text, duration_s, offset=c.start, start_s=offset)
-    ]
+    sample_rate: int  # the model's own, from its config
 
 
 class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
@@ -167,98 +143,8 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
             settings=self.settings,
             voices=self.voices,
             tokenizer=self.tokenizer,
+            native_rate=self.model.sample_rate,
             streaming=streaming,
-        )
-
-    def _audio_messages(
-        self,
-        plan: Plan,
-        k: int,
-        result: JobResult,
-        samples: np.ndarray,
-        offset: float,
-        piece: int,
-        last_piece: bool,
-    ) -> list[tuple[tts_pb2.AudioChunk, float]]:
-        """One piece of chunk `k`'s audio as messages of at most `MAX_MESSAGE_AUDIO_BYTES`
-        of audio each, numbered from `piece`, with each message's duration in seconds."""
-        per_message = MAX_MESSAGE_AUDIO_BYTES // audio.bytes_per_sample(plan.encoding)
-        parts = max(1, -(-len(samples) // per_message))
-        out = []
-        for i in range(parts):
-            part = samples[i * per_message : (i + 1) * per_message]
-            seconds = len(part) / plan.sample_rate
-            payload = audio.encode(part, plan.encoding, plan.sample_rate)
-            last = last_piece and i == parts - 1
-            message = self._chunk_message(
-                plan, k, result, payload, offset, seconds, piece + i, last
-            )
-            out.append((message, seconds))
-            offset += seconds
-        return out
-
-    def _chunk_message(
-        self,
-        plan: Plan,
-        k: int,
-        result: JobResult,
-        payload: bytes,
-        offset: float,
-        seconds: float | None = None,
-        piece: int = 0,
-        last_piece: bool = True,
-    ) -> tts_pb2.AudioChunk:
-        c = plan.chunks[k].text
-        return tts_pb2.AudioChunk(
-            index=k,
-            audio=payload,
-            encoding=proto_encoding(plan.encoding),
-            sample_rate_hz=plan.sample_rate,
-            text=c.text,
-            text_start=c.start,
-            text_end=c.end,
-            audio_offset_seconds=offset,
-            duration_seconds=result.synthesized.duration_s if seconds is None else seconds,
-            piece=piece,
-            last_piece=last_piece,
-            timings=tts_pb2.ChunkTimings(
-                queue_seconds=result.queue_s,
-                compute_seconds=result.compute_s,
-                batch_size=result.batch_size,
-            ),
-            words=self._words(plan, k, result, offset) if plan.word_timings and piece == 0 else (),
-        )
-
-    def _words(self, plan: Plan, k: int, result: JobResult, offset: float) -> list[Any]:
-        """A chunk's words, on its first piece: over the chunk's whole speech, which starts
-        after the pause that joins it to the previous chunk."""
-        lead = plan.chunks[k].utterance.lead_silence_s
-        speech = result.chunk_seconds or result.synthesized.duration_s - lead
-        return _word_timings(plan.chunks[k].text, speech, offset + lead)
-
-    def _summary(
-        self,
-        plan: Plan,
-        chunks: int,
-        audio_s: float,
-        ttfa: float,
-        started: float,
-        queue_s: float,
-        compute_s: float,
-    ) -> tts_pb2.SynthesizeSummary:
-        return tts_pb2.SynthesizeSummary(
-            chunks=chunks,
-            audio_seconds=audio_s,
-            time_to_first_audio_seconds=ttfa,
-            total_seconds=time.monotonic() - started,
-            queue_seconds=queue_s,
-            compute_seconds=compute_s,
-            sample_rate_hz=plan.sample_rate,
-            encoding=proto_encoding(plan.encoding),
-            voice=plan.voice.name,
-            language=plan.language,
-            seed=plan.seed,
-            model_state=tts_pb2.DEMO if self.model.state == "demo" else tts_pb2.REAL,
         )
 
     # --- RPCs --------------------------------------------------------------------------
@@ -283,56 +169,33 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
     async def _stream(
         self, stream: ChunkStream, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
-        """Each chunk's pieces as they are vocoded, split so no message carries more than
-        `MAX_MESSAGE_AUDIO_BYTES`. Durations and offsets are per message, from the samples
-        actually sent, so concatenating every message's audio gives the whole clip."""
+        """Each chunk's pieces as they are vocoded (see `replies.AudioWriter`)."""
         plan = stream.plan
-        clock = PlaybackClock()
-        resampler = (
-            audio.StreamResampler(NATIVE_RATE, plan.sample_rate)
-            if plan.sample_rate != NATIVE_RATE
-            else None
+        writer = replies.AudioWriter(
+            plan, self.metrics, "Synthesize", stream.started, self.model.state
         )
         for _ in range(self.settings.lookahead_chunks - 1):
-            stream.submit_next(clock)
-        offset = queue_s = compute_s = 0.0
-        ttfa: float | None = None
+            stream.submit_next(writer.clock)
         last_chunk = len(plan.chunks) - 1
         for k in range(len(plan.chunks)):
             piece = 0
             try:
                 async for result in stream.pieces(k):
-                    samples = result.synthesized.audio
-                    if resampler is not None:
-                        samples = resampler.process(samples)
-                        if k == last_chunk and result.last_piece:
-                            samples = np.concatenate([samples, resampler.flush()])
-                    for message, seconds in self._audio_messages(
-                        plan, k, result, samples, offset, piece, result.last_piece
+                    flush = k == last_chunk and result.last_piece
+                    for message, seconds in writer.messages(
+                        plan, k, result, piece, result.last_piece, flush
                     ):
                         yield tts_pb2.SynthesizeResponse(chunk=message)
-                        if ttfa is None:
-                            ttfa = time.monotonic() - stream.started
-                            self.metrics.time_to_first_audio_seconds.labels("Synthesize").observe(
-                                ttfa
-                            )
-                        # Written now: a slow reader is back-pressure, not a gap.
-                        gap = clock.on_chunk_written(result.ready, time.monotonic(), seconds)
-                        self.metrics.observe_playback(gap)
-                        offset += seconds
+                        writer.sent(seconds, result.ready)
                         piece += 1
                     if result.last_piece:
-                        queue_s += result.queue_s
-                        compute_s += result.compute_s
+                        writer.finished(result)
             except RequestError:
                 raise
             except Exception as exc:
                 raise RequestError(*failure_status(exc)) from exc
-            stream.submit_next(clock)
-        summary = self._summary(
-            plan, len(plan.chunks), offset, ttfa or 0.0, stream.started, queue_s, compute_s
-        )
-        yield tts_pb2.SynthesizeResponse(summary=summary)
+            stream.submit_next(writer.clock)
+        yield tts_pb2.SynthesizeResponse(summary=writer.summary(plan, len(plan.chunks)))
 
     async def SynthesizeOnce(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
@@ -379,16 +242,17 @@ class TextToSpeechService(tts_pb2_grpc.TextToSpeechServicer):
         self, plan: Plan, results: list[JobResult], started: float
     ) -> tts_pb2.SynthesizeOnceResponse:
         whole = np.concatenate([r.synthesized.audio for r in results])
-        if plan.sample_rate != NATIVE_RATE:
-            whole = audio.resample(whole, NATIVE_RATE, plan.sample_rate)
+        if plan.sample_rate != plan.native_rate:
+            whole = audio.resample(whole, plan.native_rate, plan.sample_rate)
         chunks, offset = [], 0.0
         for k, r in enumerate(results):
-            chunks.append(self._chunk_message(plan, k, r, b"", offset))
+            chunks.append(replies.chunk_message(plan, k, r, b"", offset))
             offset += r.synthesized.duration_s
         latency = time.monotonic() - started
         self.metrics.time_to_first_audio_seconds.labels("SynthesizeOnce").observe(latency)
-        summary = self._summary(
+        summary = replies.summary(
             plan,
+            self.model.state,
             len(results),
             offset,
             latency,

@@ -52,6 +52,9 @@ class Settings:
             "GPU): bounds one step, so how long a new listener waits for the step in flight"
         },
     )
+    trace_ticks: str = field(
+        default="", metadata={"help": "append every scheduler tick to this file (JSON lines)"}
+    )
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch"})
     max_queue: int = field(default=512, metadata={"help": "queued chunks before rejecting"})
     max_streams: int = field(default=512, metadata={"help": "concurrent requests"})
@@ -216,11 +219,13 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = type(f.default)
-    if kind is bool:
+def _convert(f: dataclasses.Field[Any], raw: str) -> bool | int | float | str:
+    default = f.default
+    if isinstance(default, bool):
         return _parse_bool(raw)
-    return kind(raw)
+    if isinstance(default, int | float | str):
+        return type(default)(raw)
+    raise TypeError(f"setting {f.name} has no default of a simple type")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

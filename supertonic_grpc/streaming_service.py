@@ -20,20 +20,17 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2
-from supertonic_grpc import audio
-from supertonic_grpc.playback import PlaybackClock
+from supertonic_grpc.replies import AudioWriter
 from supertonic_grpc.rpc import Call, cancel_code, failure_status
 from supertonic_grpc.scheduler import JobResult, Ticket
 from supertonic_grpc.streams import ChunkStream
 from supertonic_grpc.text.stream_buffer import Segment, StreamBuffer, Trigger
 from supertonic_grpc.validation import (
-    NATIVE_RATE,
     RequestError,
     Voicing,
     invalid,
@@ -139,12 +136,10 @@ class StreamingCall:
             max_pending_chars=voicing.max_chunk_chars,
         )
         self.stream = ChunkStream(svc.scheduler, voicing.plan(()), started, next(svc._ids))
-        self.clock = PlaybackClock()
-        self.resampler = (
-            audio.StreamResampler(NATIVE_RATE, voicing.sample_rate)
-            if voicing.sample_rate != NATIVE_RATE
-            else None
+        self.writer = AudioWriter(
+            self.stream.plan, svc.metrics, "StreamingSynthesize", started, svc.model.state
         )
+        self.clock = self.writer.clock
         self.segment_starts: dict[int, _SegmentStart] = {}
         self.segment_ends: set[int] = set()  # last chunk of each segment
         self.sent = 0
@@ -153,7 +148,6 @@ class StreamingCall:
         self.input_closed = False
         self.finished = False  # the summary has been produced
         self.barged_in = False
-        self.offset = self.ttfa = self.queue_s = self.compute_s = 0.0
         self.last_activity = time.monotonic()
         self.gone = asyncio.Event()  # the call ended from the client's side
 
@@ -235,36 +229,24 @@ class StreamingCall:
 
     def _messages(
         self, k: int, result: JobResult
-    ) -> tuple[list[tts_pb2.StreamingSynthesizeResponse], float]:
+    ) -> tuple[list[tts_pb2.StreamingSynthesizeResponse], list[float]]:
         """Chunk `k`'s audio, split as Synthesize splits it (no message over 1 MiB), and
-        the seconds of audio they carry."""
-        samples = result.synthesized.audio
-        if self.resampler is not None:
-            samples = self.resampler.process(samples)
-            if k in self.segment_ends:  # a sentence ends: its tail need not wait
-                samples = np.concatenate([samples, self.resampler.flush()])
-        parts = self.svc._audio_messages(self.stream.plan, k, result, samples, self.offset, 0, True)
-        seconds = sum(sec for _, sec in parts)
-        return [tts_pb2.StreamingSynthesizeResponse(chunk=m) for m, _ in parts], seconds
+        the seconds of audio each message carries."""
+        # A sentence ends: its resampled tail need not wait for the next one.
+        parts = self.writer.messages(self.stream.plan, k, result, 0, True, k in self.segment_ends)
+        messages = [tts_pb2.StreamingSynthesizeResponse(chunk=m) for m, _ in parts]
+        return messages, [sec for _, sec in parts]
 
-    def _after_send(self, k: int, result: JobResult, seconds: float) -> None:
+    def _after_send(self, k: int, result: JobResult, seconds: list[float]) -> None:
         now = time.monotonic()
-        metrics = self.svc.metrics
-        if k == 0:
-            self.ttfa = now - self.stream.started
-            metrics.time_to_first_audio_seconds.labels("StreamingSynthesize").observe(self.ttfa)
-        # Written now: a slow reader is back-pressure, not a gap.
-        gap = self.clock.on_chunk_written(result.ready, now, seconds)
         start = self.segment_starts.pop(k, None)
         if start is not None:
-            metrics.sentence_to_audio_seconds.labels(start.trigger.value).observe(
+            self.svc.metrics.sentence_to_audio_seconds.labels(start.trigger.value).observe(
                 now - start.completed_at
             )
-        if start is None or not start.after_idle:  # waiting for text is no underrun
-            metrics.observe_playback(gap)
-        self.offset += seconds
-        self.queue_s += result.queue_s
-        self.compute_s += result.compute_s
+        for sec in seconds:  # waiting for text is no underrun
+            self.writer.sent(sec, result.ready, now, underrun=start is None or not start.after_idle)
+        self.writer.finished(result)
         self.sent += 1
         self.last_activity = now
         self._submit()
@@ -278,11 +260,11 @@ class StreamingCall:
             while True:
                 if read is None and not self.input_closed:
                     read = asyncio.ensure_future(anext(self.requests, _EOF))
-                waiting: set[asyncio.Future[object]] = {gone}
+                waiting: set[asyncio.Future[Any]] = {gone}
                 if read is not None:
                     waiting.add(read)
                 if self.sent < len(self.stream.futures):
-                    waiting.add(self.stream.futures[self.sent])  # type: ignore[arg-type]
+                    waiting.add(self.stream.futures[self.sent])
                 elif self.input_closed:
                     break  # every chunk sent and no more text will come
                 now = time.monotonic()
@@ -351,16 +333,7 @@ class StreamingCall:
         self.finished = True
 
     def _summary(self) -> tts_pb2.SynthesizeSummary:
-        plan = self.stream.plan
-        return self.svc._summary(
-            plan,
-            self.sent,
-            self.offset,
-            self.ttfa,
-            self.stream.started,
-            self.queue_s,
-            self.compute_s,
-        )
+        return self.writer.summary(self.stream.plan, self.sent)
 
 
 async def open_call(
@@ -377,13 +350,17 @@ async def open_call(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"stream idle: no config within {svc.settings.stream_idle_s:g} s",
         ) from None
-    if first is _EOF or first.WhichOneof("request") != "config":  # type: ignore[union-attr]
+    if (
+        not isinstance(first, tts_pb2.StreamingSynthesizeRequest)  # the end of the input
+        or first.WhichOneof("request") != "config"
+    ):
         raise invalid("config", "the first message must carry the config")
-    config = first.config  # type: ignore[union-attr]
+    config = first.config
     voicing = plan_voicing(
         config_request(config),
         settings=svc.settings,
         voices=svc.voices,
+        native_rate=svc.model.sample_rate,
         streaming=True,
         prefix="config.",
     )
@@ -400,7 +377,8 @@ async def streaming_synthesize(
     # gRPC does not always cancel a bidi handler's task when the client cancels (it may
     # only notice at the next write), so the call's end is watched directly: a barge-in
     # drops the queued work at once and wakes the loop.
-    call.context.add_done_callback(lambda _: session.hang_up())
+    # grpc-stubs declare the callback as a class, which no function can be.
+    call.context.add_done_callback(lambda _: session.hang_up())  # type: ignore[arg-type]
     waker = _WAKERS.setdefault(asyncio.get_running_loop(), _Waker())
     waker.acquire()
     try:

@@ -20,15 +20,17 @@ from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.scheduler import Job, JobResult, Priority, Scheduler, Ticket
 from supertonic_grpc.validation import Plan, PlannedChunk
 
-# Speaking rates (characters per second at speed 1.0) for deadlines before the duration is
-# predicted. Korean syllable blocks are each a spoken syllable: far fewer per second.
 _OnDone = Callable[[JobResult | BaseException], None]
 
-CHARS_PER_SECOND = {"en": 15.0, "es": 15.0, "fr": 15.0, "pt": 15.0, "ko": 7.0}
+# Speaking rates (characters per second at speed 1.0) for deadlines before the duration is
+# predicted: about 15 in the languages written in Latin letters; Korean syllable blocks are
+# each a spoken syllable, far fewer per second.
+CHARS_PER_SECOND = 15.0
+CHARS_PER_SECOND_BY_LANGUAGE = {"ko": 7.0}
 
 
 def estimate_seconds(chunk: PlannedChunk, language: str) -> float:
-    rate = CHARS_PER_SECOND.get(language, 12.0)
+    rate = CHARS_PER_SECOND_BY_LANGUAGE.get(language, CHARS_PER_SECOND)
     return max(0.3, len(chunk.text.text) / rate / chunk.utterance.speed)
 
 

@@ -32,7 +32,6 @@ from supertonic_grpc.text import (
 )
 from supertonic_grpc.voices import UnknownVoiceError, Voice, VoiceBank
 
-NATIVE_RATE = 44100
 MAX_CHUNK_CHARS_RANGE = (20, 1000)
 FIRST_CHUNK_CHARS_RANGE = (10, 1000)
 _ENCODINGS = {
@@ -79,6 +78,7 @@ class Plan:
     seed: int
     encoding: audio.Encoding
     sample_rate: int
+    native_rate: int  # the model's, which the audio is resampled from
     word_timings: bool = False
 
 
@@ -93,6 +93,7 @@ class Voicing:
     seed: int
     encoding: audio.Encoding
     sample_rate: int
+    native_rate: int
     max_chunk_chars: int
     first_chunk_chars: int
     word_timings: bool
@@ -107,11 +108,12 @@ class Voicing:
             self.seed,
             self.encoding,
             self.sample_rate,
+            self.native_rate,
             self.word_timings,
         )
 
 
-def proto_encoding(encoding: audio.Encoding) -> int:
+def proto_encoding(encoding: audio.Encoding) -> tts_pb2.AudioEncoding:
     return {v: k for k, v in _ENCODINGS.items() if k != tts_pb2.AUDIO_ENCODING_UNSPECIFIED}[
         encoding
     ]
@@ -124,7 +126,9 @@ def _check_range(field: str, value: int, bounds: tuple[int, int]) -> int:
     return value
 
 
-def _output_format(req: tts_pb2.SynthesizeRequest, streaming: bool) -> tuple[audio.Encoding, int]:
+def _output_format(
+    req: tts_pb2.SynthesizeRequest, streaming: bool, native_rate: int
+) -> tuple[audio.Encoding, int]:
     enc = _ENCODINGS.get(req.audio_config.encoding)
     if enc is None:
         raise invalid("audio_config.encoding", f"unknown encoding {req.audio_config.encoding}")
@@ -133,7 +137,7 @@ def _output_format(req: tts_pb2.SynthesizeRequest, streaming: bool) -> tuple[aud
             "audio_config.encoding",
             "WAV is for SynthesizeOnce; stream LINEAR16, PCM_F32, MULAW or ALAW",
         )
-    rate = req.audio_config.sample_rate_hz or NATIVE_RATE
+    rate = req.audio_config.sample_rate_hz or native_rate
     if not audio.MIN_SAMPLE_RATE <= rate <= audio.MAX_SAMPLE_RATE:
         raise invalid(
             "audio_config.sample_rate_hz",
@@ -189,11 +193,13 @@ def plan_voicing(
     *,
     settings: Settings,
     voices: VoiceBank,
+    native_rate: int,
     streaming: bool,
     prefix: str = "",
 ) -> Voicing:
-    """Validate every field but the text. ``prefix`` goes before field names in errors
-    (``"config."`` for StreamingSynthesize, whose config carries these fields)."""
+    """Validate every field but the text; the audio is the model's `native_rate` unless the
+    request asks for another. ``prefix`` goes before field names in errors (``"config."``
+    for StreamingSynthesize, whose config carries these fields)."""
     try:
         try:
             voice = voices.get(req.voice or settings.default_voice)
@@ -210,7 +216,7 @@ def plan_voicing(
             raise invalid("speed", f"{req.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
         steps = req.steps or settings.default_steps
         _check_range("steps", steps, (MIN_STEPS, MAX_STEPS))
-        encoding, rate = _output_format(req, streaming)
+        encoding, rate = _output_format(req, streaming, native_rate)
         max_chars, first_chars = _chunk_limits(req, settings)
         # A chunk's latent must fit the model's frames, or its audio would be squeezed or
         # cut: slow speech gets smaller chunks (split further, never refused).
@@ -227,6 +233,7 @@ def plan_voicing(
         seed,
         encoding,
         rate,
+        native_rate,
         max_chars,
         first_chars,
         req.enable_word_timings,
@@ -275,6 +282,7 @@ def plan_request(
     settings: Settings,
     voices: VoiceBank,
     tokenizer: Tokenizer,
+    native_rate: int,
     streaming: bool,
 ) -> Plan:
     """Validate every field and split, normalize and tokenize the text. Raises RequestError."""
@@ -283,7 +291,9 @@ def plan_request(
         raise invalid("text", "must not be empty")
     if len(text) > settings.max_text_chars:
         raise invalid("text", f"{len(text)} characters, at most {settings.max_text_chars}")
-    voicing = plan_voicing(req, settings=settings, voices=voices, streaming=streaming)
+    voicing = plan_voicing(
+        req, settings=settings, voices=voices, native_rate=native_rate, streaming=streaming
+    )
     planned = plan_chunks(text, voicing, settings=settings, tokenizer=tokenizer)
     if not planned:
         raise invalid("text", "nothing speakable: no characters the model can pronounce")

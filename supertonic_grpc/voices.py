@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,5 +115,5 @@ class VoiceBank:
     def names(self) -> list[str]:
         return list(self._voices)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Voice]:
         return iter(self._voices.values())

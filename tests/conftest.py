@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -100,7 +100,7 @@ def live_server(shared_bundle: ModelBundle) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def make_server(shared_bundle: ModelBundle) -> Iterator[Any]:
+def make_server(shared_bundle: ModelBundle) -> Iterator[Callable[..., LiveServer]]:
     """Factory for a dedicated server with custom settings, stopped after the test."""
     started: list[ServerThread] = []
 

@@ -49,7 +49,7 @@ def wait_for(probe: Callable[[], T | None], timeout_s: float, what: str, every_s
 
 def http_get(url: str, timeout_s: float = 5.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout_s) as reply:
-        return reply.read()  # type: ignore[no-any-return]
+        return reply.read()
 
 
 def prom_api(base_url: str, path: str, **params: str) -> Any:

@@ -10,12 +10,18 @@ import pytest
 import torch
 
 from supertonic_grpc import backends
-from supertonic_grpc.backends import convnext
+from supertonic_grpc.backends import attention, convnext
 from supertonic_grpc.backends.precision import parse_precision, supported
 from supertonic_grpc.bundle import ModelBundle, demo_bundle
 from supertonic_grpc.engine import Engine, Utterance
-from supertonic_grpc.model.layers import ConvNeXtBlock
-from supertonic_grpc.model.vector_estimator import RotaryTextAttention, TimeEncoder
+from supertonic_grpc.model.layers import ConvNeXtBlock, ConvNeXtStack
+from supertonic_grpc.model.vector_estimator import (
+    RotaryTextAttention,
+    StyleBlock,
+    TextBlock,
+    TimeEncoder,
+)
+from supertonic_grpc.model.vocoder import Decoder
 
 # The bar for "exact": what float32 rounding alone could explain.
 EXACT = 1e-5
@@ -66,6 +72,69 @@ def test_channels_last_block_equals_the_paper_form(
     assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
 
 
+@pytest.mark.parametrize(("kernel", "dilation"), [(5, 1), (5, 8), (7, 2)])
+@pytest.mark.parametrize("length", [1, 3, 40])
+@torch.inference_mode()
+def test_channels_last_stack_equals_the_paper_form_at_any_length(
+    kernel: int, dilation: int, length: int
+) -> None:
+    # Lengths below the padding exercise the edge terms of the zero-padded convolution.
+    torch.manual_seed(length)
+    stack = ConvNeXtStack(32, 64, kernel, (dilation, 1)).eval()
+    for block in stack.convnext:
+        block.gamma.data.fill_(0.5)  # type: ignore[union-attr]
+    x = torch.randn(3, 32, length)
+    mask = torch.ones(3, 1, length)
+    mask[1, :, length // 2 + 1 :] = 0.0
+    for m in (mask, torch.ones(1, 1, length)):  # padded, and all ones (the skipped masks)
+        xs = x[: m.shape[0]]
+        want = stack(xs, m)
+        fast = convnext.ChannelsLastStack(
+            [convnext.ChannelsLastConvNeXt(b) for b in stack.convnext]
+        )  # type: ignore[arg-type]
+        got = fast(xs, m)
+        assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
+
+
+@torch.inference_mode()
+def test_channels_last_decoder_equals_the_paper_form(bundle: ModelBundle) -> None:
+    decoder = next(m for m in bundle.model.modules() if isinstance(m, Decoder))
+    convnext.restore(bundle.model)
+    z = torch.randn(1, 24, 60)
+    want = decoder(z)
+    blocks = [convnext.ChannelsLastConvNeXt(b) for b in decoder.convnext]  # type: ignore[arg-type]
+    got = convnext.ChannelsLastDecoder(decoder, blocks)(z)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= EXACT
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@torch.inference_mode()
+def test_fast_attention_blocks_equal_the_paper_form(batch: int) -> None:
+    torch.manual_seed(batch)
+    text_block, style_block = TextBlock(64, 32, 4).eval(), StyleBlock(64, 32, 2, 10).eval()
+    for p in [*text_block.parameters(), *style_block.parameters()]:
+        p.data.normal_(0.0, 0.2)
+    text_block.attn.increments.data = torch.arange(1000.0).view(1, 1000, 1)
+    x, text, style = (
+        torch.randn(batch, 64, 23),
+        torch.randn(batch, 32, 17),
+        torch.randn(batch, 10, 32),
+    )
+    latent_mask, text_mask = torch.ones(batch, 1, 23), torch.ones(batch, 1, 17)
+    latent_mask[1:, :, 15:] = 0.0
+    text_mask[1:, :, 9:] = 0.0
+    cases = [
+        (text_block(x, text, latent_mask, text_mask),
+         attention.FastTextBlock(text_block)(x, text, latent_mask, text_mask)),
+        (style_block(x, style, latent_mask),
+         attention.FastStyleBlock(style_block)(x, style, latent_mask)),
+    ]  # fmt: skip
+    for want, got in cases:
+        assert got.shape == want.shape
+        assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
+
+
 def test_prepare_keeps_the_state_dict_and_restore_undoes_it(bundle: ModelBundle) -> None:
     model = bundle.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -85,6 +154,7 @@ def test_fast_engine_equals_paper_form_engine(bundle: ModelBundle) -> None:
     assert convnext.is_prepared(bundle.model)
     fast = engine.synthesize(_items(bundle))
     convnext.restore(bundle.model)
+    attention.restore(bundle.model)
     paper = engine.synthesize(_items(bundle))
     for a, b in zip(paper, fast, strict=True):
         assert a.audio.shape == b.audio.shape
@@ -160,18 +230,18 @@ def test_parse_precision_accepts_the_three_names_and_rejects_others() -> None:
 
 
 def test_int8_is_refused_off_cpu() -> None:
-    assert supported("int8", torch.device("cuda")) is not None
+    assert supported("int8", torch.device("cuda")) == "int8 is CPU only (dynamic quantization)"
     assert supported("bf16", torch.device("cpu")) is None
     with pytest.raises(ValueError, match="int8"):
         backends.prepare(torch.nn.Module(), torch.device("cuda"), "int8")
 
 
 def test_precision_setting_reaches_the_engine_and_bad_values_fail_at_start() -> None:
-    from supertonic_grpc.server import build_engine
+    from supertonic_grpc.engine.serving import build_engine
     from supertonic_grpc.settings import Settings, SettingsError, load_settings
 
     assert load_settings(environ={"SUPERTONIC_PRECISION": "bf16"}).precision == "bf16"
     with pytest.raises(SettingsError, match="--precision"):
         Settings(precision="fp16").validate()
     with pytest.raises(ValueError, match="--precision"):
-        build_engine(demo_bundle(), Settings(device="cpu", precision="fp16"))
+        build_engine(demo_bundle().model, Settings(device="cpu", precision="fp16"), demo=True)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from planning import plan as planned
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2
-from supertonic_grpc.bundle import demo_bundle
 from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, MAX_POSITIONS
-from supertonic_grpc.settings import Settings
-from supertonic_grpc.validation import fitting_chunk_chars, join_pause_seconds, plan_request
+from supertonic_grpc.validation import fitting_chunk_chars, join_pause_seconds
 
 FRAME_SECONDS = 3072 / 44100
 
@@ -17,16 +16,13 @@ FRAME_SECONDS = 3072 / 44100
     ("language", "text"), [("en", "Word after word. " * 300), ("ko", "가나다라 " * 1000)]
 )
 def test_a_maximum_chunk_at_half_speed_fits_the_latent(language: str, text: str) -> None:
-    bundle = demo_bundle()
     req = tts_pb2.SynthesizeRequest(
         text=text[:5000],
         language=language,
         speed=0.5,
         chunking=tts_pb2.ChunkingConfig(max_chunk_chars=1000),
     )
-    plan = plan_request(
-        req, settings=Settings(), voices=bundle.voices, tokenizer=bundle.tokenizer, streaming=True
-    )
+    plan = planned(req)
     limit = fitting_chunk_chars(language, 0.5)
     assert limit < 1000
     assert all(len(c.text.text) <= limit for c in plan.chunks)
@@ -40,14 +36,11 @@ def test_chunk_joins_pause_like_a_speaker_by_how_the_previous_chunk_ends() -> No
     assert join_pause_seconds('He said "stop!"', 1.0) == pytest.approx(0.3)
     assert join_pause_seconds("a clause,", 0.5) == pytest.approx(0.3)  # slower speech
     assert join_pause_seconds("cut at a word", 1.0) == 0.0
-    bundle = demo_bundle()
     req = tts_pb2.SynthesizeRequest(
         text="First sentence here. Then a clause, and more words after it.",
         chunking=tts_pb2.ChunkingConfig(max_chunk_chars=20, first_chunk_chars=20),
     )
-    plan = plan_request(
-        req, settings=Settings(), voices=bundle.voices, tokenizer=bundle.tokenizer, streaming=True
-    )
+    plan = planned(req)
     pauses = [c.utterance.lead_silence_s for c in plan.chunks]
     assert pauses[0] == 0.0  # nothing before the first audio
     assert pauses[1] == pytest.approx(0.3 / plan.speed)

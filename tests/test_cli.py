@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -167,23 +168,28 @@ def test_say_and_voices_via_server(
     assert "model: demo" in capsys.readouterr().out
 
 
-def test_parser_imports_no_model_server_load_tester_or_benchmarks() -> None:
-    # Each command imports what it needs when it runs: building the parser (and so `say
-    # --server`, `voices --server`) loads neither torch nor the server, bench or load tester.
+def test_say_server_loads_no_torch_server_load_tester_or_benchmarks(tmp_path: Path) -> None:
+    # Each command imports what it needs when it runs: `say --server` needs only the light
+    # client. Nothing listens on the port, so the command fails (exit 1) after connecting.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["say", "Hi.", "--server", f"127.0.0.1:{port}", "--timeout", "10"]
     code = (
         "import sys\n"
         "from supertonic_grpc import cli\n"
-        "cli.build_parser().parse_known_args(['say', 'Hi.', '--server', 'localhost:1'])\n"
-        "print('\\n'.join(sys.modules))\n"
+        f"code = cli.main({[*args, '-o', str(tmp_path / 'x.wav')]!r})\n"
+        "print(code, *sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.split()
-    assert "supertonic_grpc.cli" in out  # the probe did run
+    assert out[0] == "1" and "supertonic_client.client" in out  # it did try the server
     heavy = ("torch", "loadtest", "benchmarks", "grpc_health.v1", "grpc_reflection.v1alpha")
     loaded = [m for m in out if m.startswith(heavy)]
     server_side = {"supertonic_grpc.server", "supertonic_grpc.engine", "supertonic_grpc.bundle"}
     assert not loaded and not server_side & set(out), loaded
+    assert not (tmp_path / "x.wav").exists()  # no audio came: no half-written file
 
 
 def test_bench_flags_reach_the_benchmark_parser(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,4 @@ def test_agent_framework_plugin_with_the_real_framework(live_server, venv, tests
     assert "BARGE-IN-DONE" in out
     # The interruption cancelled the turn's call on the server. The client's process may
     # exit before the server's event loop has seen the cancel: wait for it, bounded.
-    deadline = time.monotonic() + 15
-    while metrics.barge_in_total._value.get() < before + 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert metrics.barge_in_total._value.get() >= before + 1
+    assert wait_until(lambda: metrics.barge_in_total._value.get() >= before + 1, timeout=15)

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_hardening_rpc import code_of, scrape, wait_until
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
+from supertonic_grpc.text import LANGUAGES
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ plausible = st.builds(
         st.text(alphabet="abcdefghij klmnop,.?!'", min_size=1, max_size=200),
     ),
     voice=st.sampled_from(["", "M1", "M5", "F1", "F5"]),
-    language=st.sampled_from(["", "en", "ko", "es", "pt", "fr"]),
+    language=st.sampled_from(["", *LANGUAGES]),
     speed=st.one_of(st.just(0.0), st.floats(0.5, 2.0, width=32, allow_subnormal=False)),
     steps=st.one_of(st.just(0), st.integers(1, 2), st.just(50)),
     audio_config=st.builds(
@@ -89,7 +90,7 @@ wild = st.builds(
     tts_pb2.SynthesizeRequest,
     text=st.one_of(words, st.sampled_from(["Hello there.", "¿Qué tal? Bien.", "안녕하세요."])),
     voice=st.one_of(st.sampled_from(["", "M1", "F3"]), st.text(max_size=8)),
-    language=st.one_of(st.sampled_from(["", "en", "ko", "es", "pt", "fr"]), st.text(max_size=5)),
+    language=st.one_of(st.sampled_from(["", *LANGUAGES]), st.text(max_size=5)),
     speed=st.one_of(
         st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False, width=32),
         st.just(0.0),

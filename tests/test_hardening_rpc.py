@@ -12,6 +12,7 @@ import urllib.request
 import grpc
 import pytest
 from promtext import sample
+from waiting import wait_until
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 from supertonic_grpc.scheduler import SchedulerStopped
@@ -48,15 +49,6 @@ def code_of(fn) -> grpc.StatusCode:
     except grpc.RpcError as err:
         return err.code()
     return grpc.StatusCode.OK
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def pcm_f32(text: str, **kw) -> tts_pb2.SynthesizeRequest:

@@ -4,6 +4,7 @@ gaps, the pass rule, the capacity search, and listener/burst loops against a fak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -62,18 +63,25 @@ def test_capacity_search_finds_the_highest_passing_level() -> None:
 
 
 class _FakeTTS(tts_pb2_grpc.TextToSpeechServicer):
-    """Two 0.1 s pieces per stream, at once; counts calls in flight."""
+    """Two 0.1 s pieces per stream; counts calls in flight. A call answers once `together`
+    calls are in flight (or after 10 s): streams that really run at once all get through at
+    once, while streams one after another could never overlap, however fast they start."""
 
-    def __init__(self) -> None:
+    def __init__(self, together: int = 1) -> None:
         self.in_flight = self.most = 0
+        self.together = together
+        self.all_in = asyncio.Event()
 
     async def Synthesize(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
+        if self.in_flight >= self.together:
+            self.all_in.set()
         try:
-            await asyncio.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_in.wait(), 10.0)
             for piece in (0, 1):
                 chunk = tts_pb2.AudioChunk(
                     index=0, duration_seconds=0.1, piece=piece, last_piece=piece == 1
@@ -85,7 +93,7 @@ class _FakeTTS(tts_pb2_grpc.TextToSpeechServicer):
 
 
 async def _level(loop_for, users: int, **cfg_kw) -> tuple[list[StreamRecord], _FakeTTS]:  # type: ignore[no-untyped-def]
-    fake = _FakeTTS()
+    fake = _FakeTTS(together=users)
     server = grpc.aio.server()
     tts_pb2_grpc.add_TextToSpeechServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
+from engine_hooks import CancelWatch, EngineCalls, gone, no_work_from
 from promtext import sample
+from waiting import wait_until
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
@@ -42,6 +44,15 @@ def flush() -> tts_pb2.StreamingSynthesizeRequest:
 
 def tokens(t: str, size: int = 4) -> list[tts_pb2.StreamingSynthesizeRequest]:
     return [text(t[i : i + size]) for i in range(0, len(t), size)]
+
+
+def released(server, trigger: str) -> float:
+    """Segments the server has spoken for `trigger` so far (the shared server's total)."""
+    body = server.running.metrics.render().decode()
+    try:
+        return sample(body, "supertonic_sentence_to_audio_seconds_count", trigger=trigger)
+    except KeyError:
+        return 0.0
 
 
 class Session:
@@ -77,16 +88,8 @@ class Session:
         return chunks, summary
 
 
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def test_token_stream_gives_ordered_chunks_with_offsets_into_the_whole_text(live_server) -> None:
+    before = released(live_server, "sentence")
     s = Session(stub_for(live_server.address))
     s.send(config(voice="F1", seed=7, enable_word_timings=True), *tokens(REPLY), _CLOSE)
     chunks, summary = s.rest()
@@ -107,8 +110,7 @@ def test_token_stream_gives_ordered_chunks_with_offsets_into_the_whole_text(live
             prev = w.end_seconds
     assert abs(summary.audio_seconds - offset) < 1e-6
     assert "".join(c.text for c in chunks).replace(" ", "") == REPLY.replace(" ", "")
-    metrics = live_server.running.metrics.render().decode()
-    assert sample(metrics, "supertonic_sentence_to_audio_seconds_count", trigger="sentence") >= 1
+    assert released(live_server, "sentence") - before == 2  # the third ends at the close
 
 
 def test_a_complete_sentence_is_spoken_before_more_text_or_a_close(live_server) -> None:
@@ -137,10 +139,10 @@ def test_early_first_clause_speaks_before_the_sentence_ends(live_server) -> None
 def test_stalled_text_is_spoken_after_the_buffer_delay(live_server) -> None:
     s = Session(stub_for(live_server.address))
     s.send(config(buffering=tts_pb2.TextBufferingConfig(max_buffer_delay_ms=200)))
+    before = released(live_server, "stall")
     s.send(*tokens("Let me check that for you"))
     assert s.next_chunk().text == "Let me check that for you"  # no sentence end, no close
-    metrics = live_server.running.metrics.render().decode()
-    assert sample(metrics, "supertonic_sentence_to_audio_seconds_count", trigger="stall") >= 1
+    assert released(live_server, "stall") - before == 1
     s.close()
     chunks, summary = s.rest()
     assert chunks == [] and summary is not None and summary.chunks == 1
@@ -215,78 +217,77 @@ def test_an_idle_stream_ends_with_deadline_exceeded(make_server) -> None:
     assert wait_until(lambda: server.running.service.active == 0)
 
 
-def _instrument_cancels(server) -> list[tuple[int, float]]:
-    """Record (request id, time) of every ticket the service cancels."""
-    sched = server.running.scheduler
-    seen: list[tuple[int, float]] = []
-    original = sched.cancel
-
-    def cancel(ticket):
-        seen.append((ticket.request_id, time.monotonic()))
-        return original(ticket)
-
-    sched.cancel = cancel
-    return seen
-
-
 def _request_id(server, before: int) -> int:
     ids = {r for d in list(server.running.scheduler.history)[before:] for r in d.request_ids}
     assert len(ids) == 1, ids
     return ids.pop()
 
 
-def _assert_barge_in(server, seen, rid: int, cancelled_at: float) -> None:
+def _assert_barge_in(server, cancels: CancelWatch, rid: int) -> None:
+    """The call was cancelled, its slot freed, and no tick but the one in flight when the
+    server saw the cancel did model work for it."""
+    scheduler = server.running.scheduler
     assert wait_until(lambda: server.running.service.active == 0)
-    freed = time.monotonic()
-    stamps = [t for r, t in seen if r == rid]
-    assert stamps, "the call's ticket was never cancelled"
-    history = list(server.running.scheduler.history)
-    # No model step for this stream starts after its ticket was cancelled.
-    assert all(d.started <= stamps[0] for d in history if rid in d.request_ids)
-    # The slot is free within about one step time of the client's cancel. (When the cancel
-    # lands while a reply is being written, gRPC reports it only once the loop next wakes
-    # from a scheduler result, that is at the end of the model step in flight.)
-    step = max(d.compute_s for d in history)
-    assert stamps[0] - cancelled_at <= 1.5 * step + 0.05, (stamps[0] - cancelled_at, step)
-    assert freed >= stamps[0]
+    assert rid in cancels.last_tick, "the call's ticket was never cancelled"
+    assert wait_until(lambda: gone(scheduler, cancels.tickets[rid]))
+    assert no_work_from(scheduler, cancels.first_tick_after(rid), rid)
     text = server.running.metrics.render().decode()
     assert sample(text, "supertonic_active_streams") == 0
     assert sample(text, "supertonic_requests_total", rpc="StreamingSynthesize", code="CANCELLED")
     assert sample(text, "supertonic_barge_in_total") >= 1
-    assert server.running.scheduler.queued() == 0
 
 
-def test_barge_in_mid_sentence_drops_queued_work(make_server) -> None:
+def test_barge_in_mid_sentence_is_seen_during_the_model_step_and_drops_queued_work(
+    make_server,
+) -> None:
     server = make_server(lookahead_chunks=3)
-    seen = _instrument_cancels(server)
-    before = len(server.running.scheduler.history)
-    s = Session(stub_for(server.address))
-    cfg = config(chunking=tts_pb2.ChunkingConfig(max_chunk_chars=40, first_chunk_chars=20))
-    long = " ".join(f"Sentence {i} is here, with a clause, to make it long." for i in range(8))
-    s.send(cfg, *tokens(long, 40))  # no close: the agent is still talking
-    first = s.next_chunk()
-    rid = _request_id(server, before)
-    assert first.index == 0
-    s.call.cancel()
-    cancelled_at = time.monotonic()
-    _assert_barge_in(server, seen, rid, cancelled_at)
-    computed = sum(d.request_ids.count(rid) for d in server.running.scheduler.history)
-    assert computed < 8  # most of the text never reached the model
+    scheduler = server.running.scheduler
+    cancels = CancelWatch(scheduler)
+    held, release = threading.Event(), threading.Event()
+    state: dict[str, Any] = {}
+
+    def hold_a_step_after_the_first_audio() -> None:
+        # Called before every step; holds the first one after chunk 0's first piece is out.
+        if held.is_set() or not any(v[1:] == (0, 0) for d in scheduler.history for v in d.vocoded):
+            return
+        state["rid"] = rid = scheduler.stages.running[0].ticket.request_id
+        state["pending"] = sum(1 for r in scheduler.stages.running if r.ticket.request_id == rid)
+        held.set()
+        release.wait(60)
+
+    engine = EngineCalls(scheduler.engine)
+    engine.before["step"] = hold_a_step_after_the_first_audio
+    try:
+        s = Session(stub_for(server.address))
+        cfg = config(chunking=tts_pb2.ChunkingConfig(max_chunk_chars=40, first_chunk_chars=20))
+        long = " ".join(f"Sentence {i} is here, with a clause, to make it long." for i in range(8))
+        s.send(cfg, *tokens(long, 40))  # no close: the agent is still talking
+        assert s.next_chunk().index == 0
+        assert held.wait(60)  # the model is now in a step with work of this call
+        s.call.cancel()
+        # The call's end is watched directly (its done callback, with the loop kept awake):
+        # the cancel is seen while the step still runs, however long the step takes.
+        assert wait_until(lambda: state["rid"] in cancels.last_tick)
+    finally:
+        release.set()
+        engine.restore()
+    assert state["pending"] >= 1  # it had work in the model to drop
+    _assert_barge_in(server, cancels, state["rid"])
 
 
 def test_barge_in_between_sentences(make_server) -> None:
     server = make_server()
-    seen = _instrument_cancels(server)
-    before = len(server.running.scheduler.history)
+    scheduler = server.running.scheduler
+    cancels = CancelWatch(scheduler)
+    before = len(scheduler.history)
     s = Session(stub_for(server.address))
     s.send(config(buffering=tts_pb2.TextBufferingConfig(max_buffer_delay_ms=10_000)))
     s.send(text("One short sentence. "))
     assert s.next_chunk().text == "One short sentence."
     rid = _request_id(server, before)
-    assert wait_until(lambda: server.running.scheduler.queued() == 0)
+    assert wait_until(lambda: scheduler.queued() == 0)
     s.call.cancel()  # nothing queued: the agent was waiting for its LLM
-    cancelled_at = time.monotonic()
-    _assert_barge_in(server, seen, rid, cancelled_at)
+    _assert_barge_in(server, cancels, rid)
 
 
 def test_first_chunk_is_high_priority_and_later_sentences_have_deadlines(make_server) -> None:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import weakref
 
 import numpy as np
 import pytest
+from planning import plan
 
 from supertonic_client._proto.supertonic.v1 import tts_pb2
-from supertonic_grpc.bundle import ModelBundle, demo_bundle
 from supertonic_grpc.engine import Synthesized
 from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.scheduler import Job, JobResult, Priority
-from supertonic_grpc.settings import Settings
 from supertonic_grpc.streams import ChunkStream, estimate_seconds
-from supertonic_grpc.validation import Plan, plan_request
+from supertonic_grpc.validation import Plan
 
 
 class _Scheduler:
@@ -31,21 +29,13 @@ class _Scheduler:
         return 0.5
 
 
-@functools.cache
-def _bundle() -> ModelBundle:
-    return demo_bundle()
-
-
 def _plan(text: str, language: str = "en") -> Plan:
-    bundle = _bundle()
     req = tts_pb2.SynthesizeRequest(
         text=text,
         language=language,
         chunking=tts_pb2.ChunkingConfig(max_chunk_chars=40, first_chunk_chars=20),
     )
-    return plan_request(
-        req, settings=Settings(), voices=bundle.voices, tokenizer=bundle.tokenizer, streaming=True
-    )
+    return plan(req)
 
 
 def _piece(n: int, piece: int, last: bool) -> JobResult:

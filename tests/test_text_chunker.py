@@ -270,7 +270,7 @@ def test_non_string_text_is_a_type_error() -> None:
         split_text(b"bytes")  # type: ignore[arg-type]
 
 
-def test_long_text_is_fast_enough() -> None:
+def test_a_235k_character_text_keeps_every_invariant() -> None:
     text = "A reasonably ordinary sentence, with a clause. " * 5000  # ~235k chars
     chunks = split_text(text)
     assert_invariants(text, chunks, 300, 100)

@@ -95,7 +95,7 @@ def _fix_module_name(text: str, rel_module: str, package: str) -> str:
 
 
 def _run_protoc(proto_dir: Path, raw_dir: Path, proto_files: list[str]) -> None:
-    from grpc_tools import protoc  # type: ignore[import-untyped]  # only this tool needs it
+    from grpc_tools import protoc  # only this tool needs it (in .venv-proto)
 
     well_known = resources.files("grpc_tools") / "_proto"
     args = [

@@ -25,11 +25,13 @@ def prepare(
 ) -> Precision:
     """Prepare `model` (already on `device`) for inference in `precision`; returns it.
 
-    CPU: every ConvNeXt block goes channels-last with prepacked oneDNN matrix products (exact
-    in fp32), unless torch.compile owns the graph and precision is fp32. GPU: fp32 runs the
-    paper-form model; bf16 runs the ConvNeXt MLPs in bf16. Raises ValueError when the
+    CPU: every ConvNeXt stack goes channels-last with prepacked oneDNN matrix products, and
+    the vector estimator's attention blocks use packed projections and fused attention (both
+    exact in fp32), unless torch.compile owns the graph and precision is fp32. GPU: fp32 runs
+    the paper-form model; bf16 runs the ConvNeXt MLPs in bf16. Raises ValueError when the
     precision is unknown or not supported on the device.
     """
+    from supertonic_grpc.backends import attention
     from supertonic_grpc.backends.convnext import install, restore
 
     p = parse_precision(precision)
@@ -37,6 +39,9 @@ def prepare(
     if why:
         raise ValueError(f"precision {p} on {device}: {why}")
     restore(model)
+    attention.restore(model)
     if (device.type == "cpu" and not (compiled and p == FP32)) or p != FP32:
         install(model, p)
+    if device.type == "cpu" and not compiled:
+        attention.install(model)
     return p

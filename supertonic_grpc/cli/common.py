@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the light client loads only when a command connects
+    from supertonic_client.client import SupertonicClient
 
 PROG = "supertonic-grpc"
 
@@ -36,7 +39,7 @@ def add_server(p: argparse.ArgumentParser) -> None:
     )
 
 
-def connect(args: argparse.Namespace) -> Any:
+def connect(args: argparse.Namespace) -> SupertonicClient:
     """A `SupertonicClient` for `--server` with the TLS and API key flags."""
     from supertonic_client.client import SupertonicClient
 

@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -19,22 +19,16 @@ from supertonic_grpc import audio
 from supertonic_grpc.cli.common import CommandError, UsageError, add_model_dir, add_server, connect
 from supertonic_grpc.text import LANGUAGES
 
-NATIVE_RATE = 44100
+if TYPE_CHECKING:  # the light client loads only for --server
+    from supertonic_client.options import RequestOptions
+
 _RAW_ENCODINGS = ("LINEAR16", "PCM_F32", "MULAW", "ALAW")
 
 
 def _check_say_args(args: argparse.Namespace) -> None:
-    """Checks that need no model, so bad input fails before a slow bundle load."""
-    from supertonic_grpc.engine import MAX_SPEED, MAX_STEPS, MIN_SPEED, MIN_STEPS
-
+    """Checks that need neither a model nor a server, so bad input fails at once."""
     if not args.text.strip():
         raise UsageError("text: must not be empty")
-    if args.speed is not None and not (
-        math.isfinite(args.speed) and MIN_SPEED <= args.speed <= MAX_SPEED
-    ):
-        raise UsageError(f"speed: {args.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
-    if args.steps is not None and not MIN_STEPS <= args.steps <= MAX_STEPS:
-        raise UsageError(f"steps: {args.steps} is not in {MIN_STEPS}..{MAX_STEPS}")
     if args.lang.strip().lower() not in LANGUAGES:
         raise UsageError(
             f"language: {args.lang!r} is not supported; use one of {', '.join(LANGUAGES)}"
@@ -46,7 +40,20 @@ def _check_say_args(args: argparse.Namespace) -> None:
         )
 
 
-def _request_options(args: argparse.Namespace) -> dict[str, object]:
+def _check_engine_limits(args: argparse.Namespace) -> None:
+    """The local engine's limits, checked before the slow bundle load (a server checks its
+    own: `--server` leaves them to it)."""
+    from supertonic_grpc.engine import MAX_SPEED, MAX_STEPS, MIN_SPEED, MIN_STEPS
+
+    if args.speed is not None and not (
+        math.isfinite(args.speed) and MIN_SPEED <= args.speed <= MAX_SPEED
+    ):
+        raise UsageError(f"speed: {args.speed} is not in {MIN_SPEED}..{MAX_SPEED}")
+    if args.steps is not None and not MIN_STEPS <= args.steps <= MAX_STEPS:
+        raise UsageError(f"steps: {args.steps} is not in {MIN_STEPS}..{MAX_STEPS}")
+
+
+def _request_options(args: argparse.Namespace) -> RequestOptions:
     return {
         "voice": args.voice or "",
         "language": args.lang,
@@ -59,8 +66,10 @@ def _request_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _summary_line(
-    dest: str, seconds: float, chunks: int, wall: float, voice: str, state: str
+    dest: str, seconds: float, chunks: int, wall: float, voice: str, state: str, hint: str
 ) -> str:
+    """One line about the audio; with the demo model, a warning and `hint` (how to get
+    the real one)."""
     rtf = seconds / wall if wall > 0 else float("inf")
     line = (
         f"{dest}: {seconds:.2f} s of audio in {chunks} chunk{'s' if chunks != 1 else ''}, "
@@ -68,9 +77,7 @@ def _summary_line(
     )
     if state != "demo":
         return line
-    from supertonic_grpc.bundle import DOWNLOAD_HINT
-
-    return f"{line}; WARNING: demo model, the audio is NOISE; to hear speech, {DOWNLOAD_HINT}"
+    return f"{line}; WARNING: demo model, the audio is NOISE; to hear speech, {hint}"
 
 
 def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
@@ -81,8 +88,9 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
     from supertonic_grpc.settings import Settings
     from supertonic_grpc.validation import RequestError, plan_request
 
+    _check_engine_limits(args)
     model = bundle.load_bundle(args.model_dir or None)
-    req = build_request(args.text, **_request_options(args))  # type: ignore[arg-type]
+    req = build_request(args.text, **_request_options(args))
     try:
         # The server's own validation and chunking, so `say` speaks exactly as `serve` would.
         plan = plan_request(
@@ -90,6 +98,7 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
             settings=Settings(),
             voices=model.voices,
             tokenizer=model.tokenizer,
+            native_rate=model.config.sample_rate,
             streaming=False,
         )
     except RequestError as exc:
@@ -106,22 +115,25 @@ def _say_local(args: argparse.Namespace, out: BinaryIO | None) -> str:
         raise CommandError(str(exc)) from exc
     wall = time.perf_counter() - start
     samples = np.concatenate([r.audio for r in results])
-    seconds = len(samples) / NATIVE_RATE
-    if plan.sample_rate != NATIVE_RATE:
-        samples = audio.resample(samples, NATIVE_RATE, plan.sample_rate)
+    seconds = len(samples) / plan.native_rate
+    if plan.sample_rate != plan.native_rate:
+        samples = audio.resample(samples, plan.native_rate, plan.sample_rate)
     if out is not None:
         out.write(audio.encode(samples, plan.encoding, plan.sample_rate))
         dest = "stdout"
     else:
         Path(args.output).write_bytes(audio.wav_bytes(samples, plan.sample_rate))
         dest = args.output
-    return _summary_line(dest, seconds, len(results), wall, plan.voice.name, model.state)
+    return _summary_line(
+        dest, seconds, len(results), wall, plan.voice.name, model.state, bundle.DOWNLOAD_HINT
+    )
 
 
 class _WavWriter:
     """Writes a 16-bit WAV as chunks arrive; the header's sizes are fixed up at the end."""
 
     def __init__(self, path: str) -> None:
+        self.path = Path(path)
         self._file: io.BufferedWriter = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.rate = 0
         self.samples = 0
@@ -134,9 +146,15 @@ class _WavWriter:
         self._file.flush()  # a player reading the file as it grows gets every chunk
         self.samples += len(samples)
 
-    def close(self) -> None:
+    def close(self, rate: int | None) -> None:
+        """Fix up the header. `rate` (the stream's, from its summary) is for a file that got
+        no audio; without it too the stream failed, and the file is removed."""
         if not self.rate:
-            self.rate = NATIVE_RATE
+            if not rate:
+                self._file.close()
+                self.path.unlink(missing_ok=True)
+                return
+            self.rate = rate
             self._file.write(audio.wav_header(0, self.rate))
         self._file.seek(0)
         self._file.write(audio.wav_header(self.samples, self.rate))
@@ -149,9 +167,10 @@ def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
     options = _request_options(args)
     start = time.perf_counter()
     writer = None if out is not None else _WavWriter(args.output)
+    stream = None
     try:
         with connect(args) as client:
-            stream = client.stream(args.text, **options)  # type: ignore[arg-type]
+            stream = client.stream(args.text, **options)
             for chunk in stream:
                 if out is not None:
                     out.write(chunk.data)
@@ -163,15 +182,16 @@ def _say_remote(args: argparse.Namespace, out: BinaryIO | None) -> str:
             raise UsageError(exc.message) from None
         raise CommandError(f"server {args.server}: {exc}") from None
     finally:
+        summary = stream.summary if stream is not None else None
         if writer is not None:
-            writer.close()
+            writer.close(summary.sample_rate_hz if summary is not None else None)
     wall = time.perf_counter() - start
-    summary = stream.summary
     if summary is None:
         raise CommandError(f"server {args.server}: the stream ended without a summary")
     dest = "stdout" if out is not None else args.output
+    hint = f"the server needs the model files ({args.server} has none)"
     return _summary_line(
-        dest, summary.audio_seconds, summary.chunks, wall, summary.voice, summary.model_state
+        dest, summary.audio_seconds, summary.chunks, wall, summary.voice, summary.model_state, hint
     )
 
 
@@ -206,7 +226,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=_RAW_ENCODINGS,
         help="wire/raw encoding (the WAV file is always 16-bit)",
     )
-    p.add_argument("--sample-rate", type=int, default=0, help="Hz, 8000..48000 (0: 44100)")
+    p.add_argument("--sample-rate", type=int, default=0, help="Hz, 8000..48000 (0: the model's)")
     p.add_argument("--device", default="auto", help="local model device: auto, cpu, cuda")
     add_model_dir(p)
     add_server(p)

@@ -2,7 +2,8 @@
 
 `core` holds the `Engine` (padding, masks, row buckets, the step API and `synthesize`),
 `utterance` what it works on (an utterance, its limits, its flight, its audio), `device`
-the device and CPU threads. It knows nothing of queues or gRPC.
+the device, its health and the CPU threads, `serving` the engine a server's settings ask for
+and its warm-up. It knows nothing of queues or gRPC.
 """
 
 from supertonic_grpc.engine.core import DEFAULT_GPU_ROW_BUCKETS, DEMO_CHARS_PER_SECOND, Engine

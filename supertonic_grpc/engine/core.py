@@ -121,7 +121,8 @@ class Engine:
         # causal, and this is its receptive field (in latent frames, rounded up).
         reach = sum(m.pad for m in model.vocoder.modules() if isinstance(m, CausalConv))
         self.vocoder_context = -(-reach // cfg.compress_factor)
-        stages = (
+        # Each stage as a callable: the module itself, or its torch.compile'd wrapper.
+        stages: tuple[Callable[..., torch.Tensor], ...] = (
             model.text_encoder,
             model.duration_predictor,
             model.vector_estimator,

@@ -67,6 +67,15 @@ class Pins:
         (root / LOCK_FILE).write_text(json.dumps(body, indent=2) + "\n")
 
 
+def default_model_dir() -> Path:
+    """`$SUPERTONIC_MODEL_DIR`, else `$XDG_CACHE_HOME/supertonic-grpc/supertonic-2`."""
+    env = os.environ.get("SUPERTONIC_MODEL_DIR")
+    if env:
+        return Path(env).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "supertonic-grpc" / "supertonic-2"
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -207,14 +216,12 @@ def download(
 ) -> Path:
     """Fetch config, indexer, voices and weights into `model_dir`; returns the directory.
 
-    `model_dir` defaults to `bundle.default_model_dir()`. `revision` and `weights_revision`
+    `model_dir` defaults to `default_model_dir()`. `revision` and `weights_revision`
     pin the two repositories, `weights_sha256` the weights (see the module docstring for the
     lock file). Raises `DownloadError` (one line) when huggingface_hub is missing, the host
     cannot be reached, a file does not have its pinned SHA-256, or the weights file does not
     match the model layout (a bad weights file is removed so the server falls back to demo).
     """
-    from supertonic_grpc.bundle import default_model_dir  # bundle imports the model package
-
     root = Path(model_dir) if model_dir is not None else default_model_dir()
     hub = _hub()
     try:

@@ -34,6 +34,16 @@ class CharEncoder(nn.Module):
         return (x + self.attn_encoder(x, text_mask)) * text_mask
 
 
+class StyleKeys(nn.Module):
+    """Holds the learned style keys under the published name `tanh.Tanh_output_0`."""
+
+    Tanh_output_0: torch.Tensor
+
+    def __init__(self, n_heads: int, head_dim: int, n_tokens: int) -> None:
+        super().__init__()
+        self.register_buffer("Tanh_output_0", torch.zeros(n_heads, 1, head_dim, n_tokens))
+
+
 class StyleTokenAttention(nn.Module):
     """Cross-attention from text positions to a voice's style tokens.
 
@@ -48,8 +58,7 @@ class StyleTokenAttention(nn.Module):
         self.W_query = Linear(dim, dim)
         self.W_value = Linear(dim, dim)
         self.out_fc = Linear(dim, dim)
-        self.tanh = nn.Module()
-        self.tanh.register_buffer("Tanh_output_0", torch.zeros(n_heads, 1, self.head_dim, n_tokens))
+        self.tanh = StyleKeys(n_heads, self.head_dim, n_tokens)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: [B, T, C], style: [B, N, C], mask: [B, T, 1] -> [B, T, C]"""

@@ -108,8 +108,14 @@ class TextBlock(nn.Module):
         self.attn = RotaryTextAttention(dim, text_dim, n_heads)
         self.norm = ChannelLayerNorm(dim)
 
-    def forward(self, x, text, latent_mask, text_mask):  # type: ignore[no-untyped-def]
-        """x: [B, C, L] -> [B, C, L]"""
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        latent_mask: torch.Tensor,
+        text_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """x: [B, C, L], text: [B, Ct, T], masks [B, 1, L] / [B, 1, T] -> [B, C, L]"""
         return self.norm(x + self.attn(x, text, latent_mask, text_mask) * latent_mask) * latent_mask
 
 

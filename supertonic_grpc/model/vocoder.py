@@ -9,6 +9,24 @@ from supertonic_grpc.model.config import VocoderConfig
 from supertonic_grpc.model.layers import CausalConv, ConvNeXtBlock
 
 
+class FinalNorm(nn.Module):
+    """Holds the decoder's closing BatchNorm under the published name `final_norm.norm`."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim)
+
+
+class Normalizer(nn.Module):
+    """Holds the flow's latent scale under the published name `normalizer.scale`."""
+
+    scale: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(1.0))
+
+
 class Head(nn.Module):
     """Per-frame waveform head: causal conv -> PReLU -> 1x1 conv to `hop` samples."""
 
@@ -34,8 +52,7 @@ class Decoder(nn.Module):
             ConvNeXtBlock(cn.dim, cn.hidden_dim, cn.kernel_size, d, causal=True)
             for d in cn.dilations
         )
-        self.final_norm = nn.Module()
-        self.final_norm.norm = nn.BatchNorm1d(cfg.dim)
+        self.final_norm = FinalNorm(cfg.dim)
         self.head = Head(cfg.dim, cfg.head_hidden, cfg.head_kernel, cfg.hop)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -50,14 +67,16 @@ class Decoder(nn.Module):
 class Vocoder(nn.Module):
     """Stage 4. Undoes the flow's latent scaling and chunk compression, then decodes."""
 
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+
     def __init__(self, cfg: VocoderConfig) -> None:
         super().__init__()
         self.latent_dim = cfg.latent_dim
         self.factor = cfg.compress_factor
         self.register_buffer("latent_mean", torch.zeros(1, cfg.latent_dim, 1))
         self.register_buffer("latent_std", torch.ones(1, cfg.latent_dim, 1))
-        self.normalizer = nn.Module()
-        self.normalizer.register_buffer("scale", torch.tensor(1.0))
+        self.normalizer = Normalizer()
         self.decoder = Decoder(cfg)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:

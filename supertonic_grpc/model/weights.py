@@ -33,7 +33,7 @@ def pseudo_tensor(name: str, shape: Iterable[int], dtype: torch.dtype) -> torch.
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     x = (rng.standard_normal(shape) * 0.05).astype(np.float32)
     if name.endswith(_POSITIVE_SUFFIXES):
-        x = 1.0 + np.abs(x)
+        x = np.float32(1.0) + np.abs(x)
     # reshape: ascontiguousarray turns a 0-d array (a scalar buffer) into shape (1,).
     return torch.from_numpy(np.ascontiguousarray(x).reshape(shape)).to(dtype)
 

@@ -5,7 +5,9 @@ flow step and vocoded pieces, `stages` runs them on the engine and delivers the 
 `core` is the thread, its locked inbox and the record of every tick.
 """
 
-from supertonic_grpc.scheduler.core import Scheduler, StepDecision
+from supertonic_grpc.scheduler.core import Scheduler
+from supertonic_grpc.scheduler.cost import Affine, CostModel
+from supertonic_grpc.scheduler.decision import StepDecision
 from supertonic_grpc.scheduler.jobs import (
     EngineLike,
     Job,
@@ -16,10 +18,12 @@ from supertonic_grpc.scheduler.jobs import (
     SchedulerStopped,
     Ticket,
 )
-from supertonic_grpc.scheduler.policy import CostModel, Limits, Policy, Running, Urgency
+from supertonic_grpc.scheduler.policy import Limits, Policy, Running, Urgency
 from supertonic_grpc.scheduler.stages import EngineShortfall, Stages
+from supertonic_grpc.scheduler.trace import TickTrace
 
 __all__ = [
+    "Affine",
     "CostModel",
     "EngineLike",
     "EngineShortfall",
@@ -35,6 +39,7 @@ __all__ = [
     "SchedulerStopped",
     "Stages",
     "StepDecision",
+    "TickTrace",
     "Ticket",
     "Urgency",
 ]

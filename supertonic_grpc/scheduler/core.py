@@ -20,9 +20,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from supertonic_grpc.scheduler.decision import StepDecision
 from supertonic_grpc.scheduler.jobs import (
     EngineLike,
     Job,
@@ -37,28 +37,7 @@ from supertonic_grpc.scheduler.stages import Stages
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class StepDecision:
-    """What one tick did. Chunks are named (request_id, chunk index)."""
-
-    tick: int
-    started: float
-    admitted: tuple[tuple[int, int], ...]
-    stepped: tuple[tuple[int, int, int], ...]  # (request, chunk, step index it ran)
-    vocoded: tuple[tuple[int, int, int], ...]  # (request, chunk, piece)
-    urgent: int  # later chunks in the step because their listener is about to run dry
-    dropped: int  # cancelled chunks removed at this tick, queued or running
-    waiting_after: int
-    running_after: int
-    compute_s: float = 0.0
-    error: str = ""
-    admitted_priorities: tuple[Priority, ...] = ()  # of `admitted`, in order
-
-    @property
-    def request_ids(self) -> tuple[int, ...]:
-        """The requests in this tick's flow step, in batch order."""
-        return tuple(s[0] for s in self.stepped)
+T = TypeVar("T")
 
 
 class Scheduler:
@@ -77,6 +56,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         history: int = 1000,
         limits: Limits | None = None,
+        trace: Callable[[StepDecision], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -95,6 +75,7 @@ class Scheduler:
         self.metrics = metrics
         self.clock = clock
         self.history: deque[StepDecision] = deque(maxlen=history)
+        self.trace = trace  # sees every tick (`--trace-ticks`); must be quick
         self.cost = CostModel()
         self.sample_rate = int(getattr(engine, "sample_rate", 44100))
         self.frame_samples = int(getattr(engine, "frame_samples", 3072))
@@ -142,9 +123,9 @@ class Scheduler:
             self._cond.notify()
         return dropped
 
-    def call(self, fn: Callable[[EngineLike], Any]) -> Future[Any]:
+    def call(self, fn: Callable[[EngineLike], T]) -> Future[T]:
         """Run `fn(engine)` on the scheduler thread between ticks (warm-up, probes)."""
-        fut: Future[Any] = Future()
+        fut: Future[T] = Future()
         with self._cond:
             if not self._running_flag:
                 raise SchedulerStopped("scheduler is not running")
@@ -285,15 +266,38 @@ class Scheduler:
         admitted = self.stages.admit(jobs, start, errors)
         with self._cond:
             self._admitting = []
+        t_step = self.clock()
         groups, urgent = self.policy.step_groups(self._running, now, self._high_run_s)
         high_work = any(r.high for g in groups for r in g)
-        stepped = tuple(s for g in groups for s in self.stages.step(g, errors))
-        pieces = self.policy.vocode_set(self._running, now, high_work, bool(stepped))
-        firsts = [r for r, _ in pieces if r.high]
-        vocoded = self.stages.vocode(pieces, errors)
-        # A first piece plays for only ~0.7 s: decode what follows it right after it is out.
-        follow = [(r, self.limits.piece_frames) for r in firsts if r in self._running]
-        vocoded += self.stages.vocode(follow, errors)
+        stepped: tuple[tuple[int, int, int], ...] = ()
+        vocoded: tuple[tuple[int, int, int], ...] = ()
+        early: list[Running] = []
+        for group in groups:
+            stepped += self.stages.step(group, errors)
+            # A first chunk's first piece goes out as soon as its flow is done, before
+            # the later chunks' step of the same tick.
+            done = [r for r in group if r.high and r.flight.denoised and r in self._running]
+            vocoded += self.stages.vocode(
+                [(r, self.limits.first_piece_frames) for r in done], errors
+            )
+            early += done
+        t_vocode = self.clock()
+        # While first chunks are in flight or queued (even one that arrived during this
+        # tick, or in a tick they yield to later chunks), later pieces are short and only
+        # the due ones are decoded.
+        contended = self._contended()
+        pieces = self.policy.vocode_set(self._running, now, contended, bool(stepped))
+        pieces = [p for p in pieces if p[0] not in early]  # their follow-up comes below
+        firsts = early + [r for r, _ in pieces if r.high]
+        vocoded += self._vocode(pieces, errors)
+        # A first piece plays for only ~0.7 s: decode what follows it right after it is out
+        # (a short one when it would hold up a much cheaper newcomer: see follow_frames).
+        # Newcomers still without first audio: queued, or admitted and stepping.
+        newcomers = [e[2] for e in list(self._high)] + [r.job for r in self._running if r.high]
+        follow = [
+            (r, self.policy.follow_frames(r, newcomers)) for r in firsts if r in self._running
+        ]
+        vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
         with self._cond:
@@ -312,17 +316,49 @@ class Scheduler:
             running_after=len(self._running),
             compute_s=compute,
             error="; ".join(errors),
+            queue_waits=tuple(start - j.submitted for j in admitted),
+            stage_s=(t_step - start, t_vocode - t_step, start + compute - t_vocode),
+            first_pieces=tuple(
+                (r.ticket.request_id, r.first_piece_at) for r in firsts if r.first_piece_at
+            ),
         )
         self.history.append(decision)
+        if self.trace is not None:
+            self.trace(decision)
         m = self.metrics
         if m is not None:
             m.batch_compute_seconds.observe(compute)
             if stepped:
                 m.batch_size.observe(len(stepped))
-            running_gauge = getattr(m, "running_chunks", None)
-            if running_gauge is not None:
-                running_gauge.set(len(self._running))
+            m.running_chunks.set(len(self._running))
         return decision
+
+    def _vocode(
+        self, pieces: list[tuple[Running, int]], errors: list[str]
+    ) -> tuple[tuple[int, int, int], ...]:
+        """First pieces in one call; on CPU later pieces one call each, and once a
+        newcomer has arrived only those whose listener cannot wait for it."""
+        if self.limits.mix or not pieces:  # GPU: one batched call
+            return self.stages.vocode(pieces, errors)
+        firsts = [p for p in pieces if p[0].high]
+        done = self.stages.vocode(firsts, errors)
+        for r, frames in (p for p in pieces if not p[0].high):
+            if r not in self._running:
+                continue
+            if self._newcomer_waiting() and self.policy.piece_can_wait(
+                r, frames, self._running, self.clock()
+            ):
+                continue
+            done += self.stages.vocode([(r, frames)], errors)
+        return done
+
+    def _contended(self) -> bool:
+        """First chunks are queued or in flight without their first piece."""
+        return self._newcomer_waiting() or any(r.high for r in self._running)
+
+    def _newcomer_waiting(self) -> bool:
+        """A first chunk is queued (read without the lock: a stale answer costs one tick)."""
+        return bool(self._high)
 
     # --- bookkeeping --------------------------------------------------------------------
 

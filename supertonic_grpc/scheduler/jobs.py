@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -40,16 +40,47 @@ class EngineLike(Protocol):
     def vocode(self, pieces: Sequence[tuple[Flight, int]]) -> list[np.ndarray]: ...
 
 
-class MetricsLike(Protocol):
-    """The subset of `metrics.Metrics` the scheduler feeds (all optional)."""
+class GaugeLike(Protocol):
+    def set(self, value: float) -> None: ...
 
-    queue_depth: Any
-    queue_wait_seconds: Any
-    compute_seconds: Any
-    batch_compute_seconds: Any
-    batch_size: Any
-    chunks_total: Any
-    audio_seconds_total: Any
+
+class HistogramLike(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class CounterLike(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+_M_co = TypeVar("_M_co", covariant=True)
+
+
+class Labelled(Protocol[_M_co]):
+    """A metric family with labels (a prometheus_client metric declared with label names)."""
+
+    def labels(self, *values: str) -> _M_co: ...
+
+
+class MetricsLike(Protocol):
+    """The subset of `metrics.Metrics` the scheduler feeds (a prometheus_client metric, or
+    any object with the same methods). Read-only members, so any subtype fits."""
+
+    @property
+    def queue_depth(self) -> Labelled[GaugeLike]: ...  # by priority
+    @property
+    def queue_wait_seconds(self) -> Labelled[HistogramLike]: ...  # by priority
+    @property
+    def compute_seconds(self) -> Labelled[HistogramLike]: ...  # by priority
+    @property
+    def chunks_total(self) -> Labelled[CounterLike]: ...  # by priority
+    @property
+    def batch_compute_seconds(self) -> HistogramLike: ...
+    @property
+    def batch_size(self) -> HistogramLike: ...
+    @property
+    def audio_seconds_total(self) -> CounterLike: ...
+    @property
+    def running_chunks(self) -> GaugeLike: ...
 
 
 @dataclass(eq=False)

@@ -20,6 +20,11 @@ Rules, in order:
 - Fair share: the first pass takes one chunk per request, the second fills what is left.
 - Every step is bounded by `max_batch` rows and `max_step_frames` padded frames (rows x
   longest latent), so one tick, and therefore any newcomer's wait, stays short.
+- Newcomers do not wait for what can wait (CPU): an urgent later chunk whose slack covers
+  the first chunks' remaining steps waits for them; a first chunk of over
+  `expensive_ratio` times a newcomer's work and a longer latent does not pad its step;
+  while first chunks are queued or in flight, later pieces are decoded only when due, and
+  short; the piece after a first piece is short only for a much cheaper newcomer.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from typing import TypeVar
 import numpy as np
 
 from supertonic_grpc.engine import Flight
+from supertonic_grpc.scheduler.cost import VOCODER_CONTEXT_FRAMES as CONTEXT
+from supertonic_grpc.scheduler.cost import CostModel
 from supertonic_grpc.scheduler.jobs import Job, Priority, Ticket
 
 _E = TypeVar("_E")
@@ -46,36 +53,6 @@ class Urgency(enum.IntEnum):
     URGENT = 0  # can still make its deadline, with little slack
     HOPELESS = 1  # cannot make it even alone: least-served first, bounded against newcomers
     FEASIBLE = 2  # has slack
-
-
-@dataclass
-class CostModel:
-    """Learned engine cost: seconds per padded frame of a flow step, per vocoded frame,
-    and per admitted token. A chunk's cost therefore grows with its steps."""
-
-    step_s_per_frame: float = 5e-4
-    vocode_s_per_frame: float = 1e-3
-    admit_s_per_token: float = 2e-4
-    # Small steps have a fixed cost; flooring the frames keeps them from looking free.
-    min_frames: int = 32
-
-    def step_s(self, rows: int, frames: int) -> float:
-        return self.step_s_per_frame * max(self.min_frames, rows * frames)
-
-    def vocode_s(self, frames: int) -> float:
-        return self.vocode_s_per_frame * max(self.min_frames, frames)
-
-    def learn_step(self, rows: int, frames: int, seconds: float) -> None:
-        sample = seconds / max(self.min_frames, rows * frames)
-        self.step_s_per_frame = 0.8 * self.step_s_per_frame + 0.2 * sample
-
-    def learn_vocode(self, frames: int, seconds: float) -> None:
-        sample = seconds / max(self.min_frames, frames)
-        self.vocode_s_per_frame = 0.8 * self.vocode_s_per_frame + 0.2 * sample
-
-    def learn_admit(self, tokens: int, seconds: float) -> None:
-        sample = seconds / max(1, tokens)
-        self.admit_s_per_token = 0.8 * self.admit_s_per_token + 0.2 * sample
 
 
 @dataclass(eq=False)
@@ -113,9 +90,14 @@ class Limits:
     mix: bool = False  # later chunks share steps with first chunks (GPU)
     first_piece_frames: int = 10  # ~0.7 s: the first audio of a request
     piece_frames: int = 120  # ~8.4 s: later pieces (fewer pieces: less vocoder context)
+    # While a first chunk is in flight or queued (CPU): later pieces this long, so the
+    # newcomer waits for a short decode, not an 8 s one (~2.8 s of audio; costs 20 frames
+    # of vocoder context per extra piece, only under contention).
+    contended_piece_frames: int = 40
     max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
-    urgent_margin_s: float = 0.6  # covers the tick in flight and the loop's jitter
+    urgent_margin_s: float = 0.4  # covers the tick in flight (<= ~0.1 s) and jitter
     high_burst_s: float = 0.75
+    expensive_ratio: float = 4.0  # a first chunk with this much more work waits (CPU)
 
 
 class Policy:
@@ -147,7 +129,7 @@ class Policy:
         """Engine time this chunk needs, alone, until its next piece."""
         f = r.flight
         return f.steps_left * self.cost.step_s(1, f.frames) + self.cost.vocode_s(
-            self._piece_frames(r) + 20
+            self._piece_frames(r) + CONTEXT
         )
 
     def urgency(self, slack: float, need: float) -> Urgency:
@@ -216,7 +198,7 @@ class Policy:
         """A queued later chunk's rank; its frames are estimated from its tokens."""
         frames = int(FRAMES_PER_TOKEN * len(job.utterance.token_ids))
         need = job.utterance.steps * self.cost.step_s(1, frames) + self.cost.vocode_s(
-            min(frames, self.limits.piece_frames) + 20
+            min(frames, self.limits.piece_frames) + CONTEXT
         )
         d = self.deadline(job, running)
         u = self.urgency(d - now, need)
@@ -245,13 +227,54 @@ class Policy:
         if lim.mix:
             order = urgent + high + [r for key, r in normal if key[0] != Urgency.URGENT]
         elif high and not (needy and high_run_s >= lim.high_burst_s):
-            # First chunks alone, and later chunks that cannot wait for them.
-            groups = [g for g in (self._fill(high), self._fill(urgent)) if g]
+            # First chunks alone, and later chunks that cannot wait for them: an urgent
+            # chunk whose slack still covers the first chunks' remaining steps waits.
+            first = self._fill(self._cheap_first(high, high_run_s))
+            ahead = self.high_left_s(first)
+            urgent = [r for r in urgent if not self._can_wait(r, ahead, running, now)]
+            groups = [g for g in (first, self._fill(urgent)) if g]
             return groups, sum(len(g) for g in groups[1:])
         else:
             order = [r for _, r in normal] if normal else high
         chosen = self._fill(order)
         return [chosen] if chosen else [], sum(1 for r in chosen if r in urgent)
+
+    def _cheap_first(self, high: Sequence[Running], high_run_s: float) -> list[Running]:
+        """First chunks by least remaining work; one with over `expensive_ratio` times the
+        least one's and a longer latent waits, so a short newcomer's step is not padded to a
+        50-step or slow-speech first chunk's length, until first chunks have had the engine
+        for `high_burst_s` (then all step together, so none waits without bound)."""
+        if not high or high_run_s >= self.limits.high_burst_s:
+            return list(high)
+
+        def work(r: Running) -> float:  # engine time alone, fixed costs included
+            return r.flight.steps_left * self.cost.step_s(1, r.flight.frames)
+
+        lead = min(high, key=work)
+        ratio = self.limits.expensive_ratio
+
+        def waits(r: Running) -> bool:
+            # Only a longer latent pads the lead's step; chunks of about its length share
+            # it whatever their step index (a batch at mixed step indices is still a batch).
+            return work(r) > ratio * work(lead) and r.flight.frames > 1.5 * lead.flight.frames
+
+        return [r for r in high if not waits(r)]
+
+    def high_left_s(self, group: Sequence[Running]) -> float:
+        """Engine time until a group of first chunks, stepping together, has its first
+        pieces out."""
+        if not group:
+            return 0.0
+        frames = max(r.flight.frames for r in group)
+        steps = max(r.flight.steps_left for r in group)
+        first = self.limits.first_piece_frames
+        return steps * self.cost.step_s(len(group), frames) + len(group) * self.cost.vocode_s(first)
+
+    def _can_wait(self, r: Running, ahead_s: float, running: Sequence[Running], now: float) -> bool:
+        """Whether a later chunk still makes its deadline, with the margin, after `ahead_s`
+        of other work."""
+        slack = self.deadline(r.job, running) - now
+        return slack - ahead_s >= self.remaining_s(r) + self.limits.urgent_margin_s
 
     def _fill(self, order: Sequence[Running]) -> list[Running]:
         """Up to the row and frame budgets; first one chunk per request, then the rest.
@@ -286,32 +309,59 @@ class Policy:
         self, running: Sequence[Running], now: float, high_work: bool, stepped: bool = False
     ) -> list[tuple[Running, int]]:
         """The next piece of each chunk whose flow is done: a first chunk's first piece
-        always; others too when no first chunk is in flight, else only when due soon.
-        A tick that also ran a flow step vocodes half as much, so ticks stay short."""
-        out = []
+        always; others too when no first chunk is in flight or queued (`high_work`), else
+        only when due soon, and then short ones. A tick that also ran a flow step vocodes
+        half as much, so ticks stay short."""
+        out: list[tuple[Running, int]] = []
         budget = self.limits.max_vocode_frames // (2 if stepped else 1)
+        contended = high_work and not self.limits.mix
         ready = [r for r in running if r.flight.denoised and not r.flight.finished]
         ready.sort(key=lambda r: (not r.high, self.deadline(r.job, running), r.job.seq))
         for r in ready:
-            frames = min(self._piece_frames(r), r.flight.frames - r.flight.vocoded_frames)
-            if not r.high and high_work and not self.limits.mix:
-                # Decoding a finished chunk early costs nothing overall, only a little of a
-                # newcomer's tick: do it well before its listener needs it.
-                slack = self.deadline(r.job, running) - now
-                if slack > 3 * self.cost.vocode_s(frames + 20) + 2 * self.limits.urgent_margin_s:
-                    continue
+            want = self._piece_frames(r)
+            if contended and not r.high:
+                want = min(want, self.limits.contended_piece_frames)
+            frames = min(want, r.flight.frames - r.flight.vocoded_frames)
+            if contended and not r.high and self.piece_can_wait(r, frames, running, now):
+                continue
             if out and not r.high and budget < frames:
                 continue
             budget -= frames
             out.append((r, frames))
         return out
 
+    def piece_can_wait(
+        self, r: Running, frames: int, running: Sequence[Running], now: float
+    ) -> bool:
+        """Whether a later piece can be left for after the newcomers: decoding a finished
+        chunk early costs nothing overall, only a little of a newcomer's tick, so it is
+        done well before its listener needs it."""
+        slack = self.deadline(r.job, running) - now
+        return slack > 3 * self.cost.vocode_s(frames + CONTEXT) + 2 * self.limits.urgent_margin_s
+
+    def follow_frames(self, r: Running, waiting: Sequence[Job]) -> int:
+        """The piece decoded right after a first piece (which plays ~0.7 s): the usual
+        long piece, or a short one when a newcomer (queued or stepping) has less than
+        1/`expensive_ratio` of this chunk's work (a 50-step or slow-speech chunk yields
+        to a short request; between comparable first chunks the extra piece's vocoder
+        context would only cost throughput)."""
+        if self.limits.mix or not waiting:
+            return self.limits.piece_frames
+        mine = r.job.utterance.steps * r.flight.frames
+        least = min(
+            j.utterance.steps * FRAMES_PER_TOKEN * len(j.utterance.token_ids) for j in waiting
+        )
+        if mine > self.limits.expensive_ratio * least:
+            return self.limits.contended_piece_frames
+        return self.limits.piece_frames
+
 
 def _fair_order(items: Sequence[_E], ticket_of: Callable[[_E], Ticket], busy: set[int]) -> list[_E]:
     """Rank order, except that a request's second item waits behind every other request's
     first (requests in `busy` already have one)."""
     seen = set(busy)
-    first, rest = [], []
+    first: list[_E] = []
+    rest: list[_E] = []
     for item in items:
         key = id(ticket_of(item))
         (rest if key in seen else first).append(item)

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from supertonic_grpc.engine import Flight, Synthesized
+from supertonic_grpc.scheduler.cost import VOCODER_CONTEXT_FRAMES, CostModel
 from supertonic_grpc.scheduler.jobs import EngineLike, Job, JobResult, MetricsLike, Priority
-from supertonic_grpc.scheduler.policy import CostModel, Running
+from supertonic_grpc.scheduler.policy import Running
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ class Stages:
     ) -> tuple[tuple[int, int, int], ...]:
         if not pieces:
             return ()
+        # Frames decoded, the left context of pieces after the first included.
+        frames = sum(
+            min(n, r.flight.frames - r.flight.vocoded_frames)
+            + min(VOCODER_CONTEXT_FRAMES, r.flight.vocoded_frames)
+            for r, n in pieces
+        )
         t0 = self.clock()
         try:
             wavs = self.engine.vocode([(r.flight, n) for r, n in pieces])
@@ -107,7 +114,7 @@ class Stages:
             self.fail_running([r for r, _ in pieces], exc)
             return ()
         now = self.clock()
-        self.cost.learn_vocode(sum(n for _, n in pieces), now - t0)
+        self.cost.learn_vocode(len(pieces), frames, now - t0)
         if len(wavs) != len(pieces):
             errors.append(f"vocode: engine returned {len(wavs)} pieces for {len(pieces)}")
             self.fail_running(

@@ -51,18 +51,24 @@ _EMOJI_RE = re.compile(
 )
 _ARROW_RE = re.compile(f"[{_ARROWS}]")
 
+# Typographic dashes and quotes as the ASCII ones the vocabulary has: the published
+# preprocessing maps them, and the tokenizer's look-alikes start from the same table.
+DASHES_AND_QUOTES: dict[str, str] = {
+    "\u2013": "-",  # en dash
+    "\u2014": "-",  # em dash
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201a": "'",
+    "\u201b": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u201e": '"',
+    "\u201f": '"',
+}
+
 _CHAR_MAP = str.maketrans(
     {
-        "\u2013": "-",  # en dash
-        "\u2014": "-",  # em dash
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201a": "'",
-        "\u201b": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u201e": '"',
-        "\u201f": '"',
+        **DASHES_AND_QUOTES,
         "_": " ",
         "[": " ",
         "]": " ",

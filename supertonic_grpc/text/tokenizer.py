@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .normalize import EmptyTextError, TextError, is_speakable
+from .normalize import DASHES_AND_QUOTES, EmptyTextError, TextError, is_speakable
 
 _TAGGED_RE = re.compile(r"(<[a-z]{2}>)(.*)(</[a-z]{2}>)", re.DOTALL)
 _SPACE_RUN_RE = re.compile(" {2,}")
@@ -23,17 +23,12 @@ _SPACE_RUN_RE = re.compile(" {2,}")
 # Look-alikes for characters NFKD leaves alone and the published vocabulary lacks. A mapping
 # is only used when every character of its replacement is in the indexer.
 _LOOKALIKES: dict[str, str] = {
+    **DASHES_AND_QUOTES,
     "\u2010": "-",  # hyphen
     "\u2011": "-",  # non-breaking hyphen
     "\u2012": "-",  # figure dash
     "\u2015": "-",  # horizontal bar
     "\u2212": "-",  # minus sign
-    "\u2013": "-",
-    "\u2014": "-",
-    "\u2018": "'",
-    "\u2019": "'",
-    "\u201c": '"',
-    "\u201d": '"',
     "\u2039": "'",
     "\u203a": "'",
     "`": "'",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 
 
@@ -25,7 +27,8 @@ def error_from(exc: grpc.RpcError) -> SupertonicError:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     retry: float | None = None
     trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    for key, value in trailers or ():
+    # At run time trailers are (key, value) pairs; grpc-stubs types them as objects.
+    for key, value in cast("tuple[tuple[str, str | bytes], ...]", trailers or ()):
         if key == "retry-after-ms":
             try:
                 retry = float(value) / 1000.0

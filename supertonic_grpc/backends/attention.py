@@ -1,0 +1,142 @@
+"""The vector estimator's cross-attention blocks for CPU inference, channels-last, in float32.
+
+Each flow step runs eight of them (four text, four style). Written as in the paper, each
+multiplies by masks that are all ones for a batch of one, recomputes the style keys
+(`tanh(W_key key_emb)`, a function of the weights alone) on every call, and runs scores,
+masking, softmax and the weighted sum as separate kernels on `[B, H, L, T]`. The prepared
+forward (`install`): projections on weights packed once for oneDNN, the style keys computed
+once, `scaled_dot_product_attention` for the attention itself (one fused kernel; a masked key
+gets exactly zero weight, as the paper's -1e4 logit does whenever a row has a real key, which
+every row has), and no mask arithmetic
+when a mask is all ones. Rotary positions are the model's own `_rotate`, in float32.
+
+In every precision these blocks stay float32 (see `precision.py`); the result differs from the
+paper form only by rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from supertonic_grpc.backends.convnext import frame_mask
+from supertonic_grpc.model.layers import ChannelLayerNorm, Linear
+from supertonic_grpc.model.vector_estimator import StyleBlock, TextBlock
+
+# Rows the packed weights are laid out for (oneDNN picks a blocking from it).
+_PACK_ROWS = 256
+
+
+class PackedLinear:
+    """`nn.Linear` on `[..., in]` with its weight packed once for oneDNN."""
+
+    def __init__(self, layer: Linear) -> None:
+        lin = layer.linear
+        self.bias = None if lin.bias is None else lin.bias.detach().clone()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(
+            lin.weight.detach().contiguous(), _PACK_ROWS
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(
+            x.contiguous(), self.weight, self.bias, "none", [], ""
+        )
+
+
+class _Norm:
+    def __init__(self, norm: ChannelLayerNorm) -> None:
+        ln = norm.norm
+        self.shape, self.eps = ln.normalized_shape, ln.eps
+        self.weight, self.bias = ln.weight.detach(), ln.bias.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+
+
+def _residual_norm(
+    x: torch.Tensor, out: torch.Tensor, proj: PackedLinear, norm: _Norm, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """`norm(x + proj(out) * mask) * mask` on `[B, L, C]`, returned as a `[B, C, L]` view."""
+    if mask is None:
+        y = norm(proj(out).add_(x))
+    else:
+        y = norm(torch.addcmul(x, proj(out), mask)).mul_(mask)
+    return y.transpose(1, 2)
+
+
+class FastTextBlock:
+    """`TextBlock.forward`: x [B, C, L], text [B, Ct, T], masks [B, 1, L] / [B, 1, T]."""
+
+    def __init__(self, block: TextBlock) -> None:
+        attn = block.attn
+        self.attn = attn
+        self.h, self.d = attn.n_heads, attn.head_dim
+        self.q, self.k, self.v = (PackedLinear(m) for m in (attn.W_query, attn.W_key, attn.W_value))
+        self.o = PackedLinear(attn.out_fc)
+        self.norm = _Norm(block.norm)
+
+    def __call__(self, x: Tensor, text: Tensor, latent_mask: Tensor, text_mask: Tensor) -> Tensor:
+        b, _, length = x.shape
+        h, d = self.h, self.d
+        xt = x.transpose(1, 2).contiguous()  # free when x is a channels-last view
+        tt = text.transpose(1, 2)
+        q = self.q(xt).view(b, length, h, d).transpose(1, 2)
+        k = self.k(tt).view(b, -1, h, d).transpose(1, 2)
+        v = self.v(tt).view(b, -1, h, d).transpose(1, 2)
+        q, k = self.attn._rotate(q, latent_mask), self.attn._rotate(k, text_mask)
+        keys = None if frame_mask(text_mask) is None else (text_mask[:, None] > 0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=(h * d) ** -0.5)
+        out = out.transpose(1, 2).reshape(b, length, h * d)
+        return _residual_norm(xt, out, self.o, self.norm, frame_mask(latent_mask))
+
+
+class FastStyleBlock:
+    """`StyleBlock.forward`: x [B, C, L], style [B, N, S], mask [B, 1, L]."""
+
+    def __init__(self, block: StyleBlock) -> None:
+        attn = block.attention
+        self.h, self.d = attn.n_heads, attn.head_dim
+        with torch.no_grad():
+            # The keys depend on the weights alone: [1, H, N, D], computed once.
+            keys = torch.tanh(attn.W_key(attn.key_emb))
+            self.keys = keys.view(1, -1, self.h, self.d).transpose(1, 2).contiguous()
+        self.q, self.v = PackedLinear(attn.W_query), PackedLinear(attn.W_value)
+        self.o = PackedLinear(attn.out_fc)
+        self.norm = _Norm(block.norm)
+
+    def __call__(self, x: torch.Tensor, style: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, _, length = x.shape
+        h, d = self.h, self.d
+        xt = x.transpose(1, 2).contiguous()
+        q = self.q(xt).view(b, length, h, d).transpose(1, 2)
+        v = self.v(style).view(b, -1, h, d).transpose(1, 2)
+        k = self.keys.expand(b, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v, scale=(h * d) ** -0.5)
+        out = out.transpose(1, 2).reshape(b, length, h * d)
+        return _residual_norm(xt, out, self.o, self.norm, frame_mask(mask))
+
+
+_PREPARED = (TextBlock, StyleBlock)
+
+
+def install(model: nn.Module) -> int:
+    """Give every text and style block of `model` (on the CPU) its prepared forward; returns
+    how many. Idempotent."""
+    restore(model)
+    count = 0
+    for module in model.modules():
+        if isinstance(module, TextBlock):
+            object.__setattr__(module, "forward", FastTextBlock(module))
+            count += 1
+        elif isinstance(module, StyleBlock):
+            object.__setattr__(module, "forward", FastStyleBlock(module))
+            count += 1
+    return count
+
+
+def restore(model: nn.Module) -> None:
+    """Undo `install`."""
+    for module in model.modules():
+        if isinstance(module, _PREPARED) and "forward" in module.__dict__:
+            del module.__dict__["forward"]

@@ -1,0 +1,172 @@
+"""How a newcomer's first chunk gets through a busy scheduler: exact schedules with a fake
+engine and a fake clock (see also tests/test_scheduler.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+
+from loadtest import ticks
+from supertonic_grpc.engine import Flight
+from supertonic_grpc.scheduler import (
+    CostModel,
+    JobResult,
+    Limits,
+    Policy,
+    Priority,
+    Running,
+    Scheduler,
+    Ticket,
+    TickTrace,
+)
+from tests.fake_engine import FakeClock, FakeEngine, job
+
+HIGH, NORMAL = Priority.HIGH, Priority.NORMAL
+_EMPTY = torch.zeros(1)
+
+
+def started(scheduler: Scheduler) -> Scheduler:
+    scheduler._running_flag = True  # driven by hand with step(block=False)
+    return scheduler
+
+
+def results(out: list) -> list[JobResult]:
+    return [o for o in out if isinstance(o, JobResult)]
+
+
+def running(rid: int, priority: Priority, deadline: float, frames: int, steps_left: int) -> Running:
+    """A chunk already in the engine, `steps_left` flow steps from done (5 in all)."""
+    j = job(Ticket(rid), priority, deadline, [], tokens=frames, steps=5, index=int(priority))
+    flight = Flight(j.utterance, frames, frames * 10, _EMPTY, _EMPTY, _EMPTY, step=5 - steps_left)
+    return Running(j, flight, admitted=0.0)
+
+
+def policy(**limits: object) -> Policy:
+    # A fixed cost model (nothing learned): 5e-4 s per padded frame of a step, 1e-3 s per
+    # vocoded frame, at least 32 frames each.
+    return Policy(Limits(**limits), CostModel(), sample_rate=100, frame_samples=10)  # type: ignore[arg-type]
+
+
+def test_later_pieces_are_short_and_only_the_due_ones_while_a_first_chunk_waits() -> None:
+    p = policy()
+    due = running(1, NORMAL, 0.5, frames=100, steps_left=0)  # its listener runs dry in 0.5 s
+    later = running(2, NORMAL, 60.0, frames=100, steps_left=0)  # a minute of slack
+    pair = [due, later]
+    # Uncontended: whole 120-frame pieces (here the rest of the chunk), in deadline order,
+    # within the tick's vocoding budget.
+    assert p.vocode_set(pair, 0.0, high_work=False) == [(due, 100), (later, 100)]
+    # A first chunk is waiting: only the due piece, and a short one.
+    assert p.vocode_set(pair, 0.0, high_work=True) == [(due, 40)]
+
+
+def test_an_urgent_later_chunk_waits_for_a_newcomer_when_its_slack_covers_it() -> None:
+    p = policy()
+    newcomer = running(9, HIGH, 0.0, frames=30, steps_left=2)
+    # The later chunk needs 2 x 0.05 s of steps + 0.14 s of vocoding = 0.24 s: urgent while
+    # its slack is at most 2 x 0.24 + 0.4 = 0.88 s. The newcomer needs 0.042 s more.
+    can_wait = running(1, NORMAL, 0.8, frames=100, steps_left=2)
+    groups, urgent = p.step_groups([newcomer, can_wait], now=0.0, high_run_s=0.0)
+    assert groups == [[newcomer]] and urgent == 0
+    cannot = running(1, NORMAL, 0.6, frames=100, steps_left=2)
+    groups, urgent = p.step_groups([newcomer, cannot], now=0.0, high_run_s=0.0)
+    assert groups == [[newcomer], [cannot]] and urgent == 1
+
+
+def test_a_newcomer_arriving_mid_tick_makes_that_ticks_vocoding_yield() -> None:
+    clock = FakeClock()
+    engine = FakeEngine(clock, step_cost=0.001)
+    s = started(Scheduler(engine, clock=clock))
+    out: list = []
+    s.submit(job(Ticket(1), NORMAL, clock.now + 60, out, tokens=200, steps=2, index=1))
+    assert s.step(block=False).stepped == ((1, 1, 0),)
+    engine.during_step = lambda: s.submit(job(Ticket(9), HIGH, clock.now, out, tokens=30))
+    second = s.step(block=False)
+    # Chunk (1, 1) is denoised, but its listener has a minute of audio: it is not decoded
+    # while the newcomer, which arrived during this step, waits for the next tick.
+    assert second.stepped == ((1, 1, 1),) and second.vocoded == ()
+    third = s.step(block=False)
+    assert third.admitted == ((9, 0),) and third.stepped == ((9, 0, 0),)
+
+
+def test_a_first_piece_goes_out_before_the_urgent_later_chunks_step() -> None:
+    clock = FakeClock()
+    engine = FakeEngine(clock, step_cost=0.001)
+    s = started(Scheduler(engine, max_batch_tokens=300, clock=clock))
+    out: list = []
+    # Its listener runs dry in 0.5 s and it needs ~0.27 s: it cannot wait for the newcomer.
+    s.submit(job(Ticket(1), NORMAL, clock.now + 0.5, out, tokens=250, steps=1, index=1))
+    first: list = []
+    s.submit(job(Ticket(2), HIGH, clock.now, first, tokens=30, steps=1))
+    t0 = clock.now
+    tick = s.step(block=False)
+    assert tick.stepped == ((2, 0, 0), (1, 1, 0)) and tick.urgent == 1
+    # Handed over right after its own 30-frame step, before the urgent 250-frame one.
+    assert results(first)[0].ready == t0 + 0.030
+    assert tick.first_pieces == ((2, t0 + 0.030),)
+
+
+def test_the_piece_after_a_first_piece_is_short_only_to_let_a_much_cheaper_newcomer_in() -> None:
+    def second_piece(other_tokens: int | None) -> int:
+        clock = FakeClock()
+        engine = FakeEngine(clock)
+        # A 0.5 s first piece: what follows it is due before any newcomer could go first.
+        s = started(Scheduler(engine, clock=clock, limits=Limits(first_piece_frames=5)))
+        out: list = []
+        s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=200, steps=2))  # 400 frame-steps
+        s.step(block=False)
+        if other_tokens is not None:  # arrives during the chunk's last step
+            other = job(Ticket(2), HIGH, clock.now, [], tokens=other_tokens, steps=2)
+            engine.during_step = lambda: s.submit(other)
+        s.step(block=False)
+        pieces = results(out)
+        assert len(pieces[0].synthesized.audio) == 50  # the 5-frame first piece
+        return len(pieces[1].synthesized.audio) // 10
+
+    assert second_piece(None) == 120
+    assert second_piece(other_tokens=20) == 40  # 40 frame-steps: under a quarter
+    assert second_piece(other_tokens=150) == 120  # comparable: no extra vocoder context
+
+
+def test_every_tick_is_traced_and_a_first_chunks_path_is_read_back(tmp_path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "ticks.jsonl"
+    trace = TickTrace(path)
+    s = started(Scheduler(FakeEngine(clock, step_cost=0.001), clock=clock, trace=trace))
+    out: list = []
+    s.submit(job(Ticket(1), NORMAL, clock.now + 60, out, tokens=100, steps=3, index=1))
+    s.step(block=False)  # a tick in flight when the newcomer arrives
+    s.submit(job(Ticket(7), HIGH, clock.now, out, tokens=20, steps=2))
+    clock.now += 0.05  # it waits 50 ms for the engine
+    while s.step(block=False) is not None:
+        pass
+    trace.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == len(s.history) and rows[1]["admitted"] == [[7, 0]]
+    (path7,) = ticks.first_audio(rows)
+    assert path7.request_id == 7 and path7.ticks == 2
+    assert np.isclose(path7.total_s, 0.05 + 0.020 + 0.020)  # queued, then 2 steps alone
+    assert path7.company == 0
+
+
+def test_a_short_newcomer_does_not_share_its_step_with_a_50_step_first_chunk() -> None:
+    p = policy()
+    newcomer = running(9, HIGH, 0.0, frames=30, steps_left=5)
+    heavy = running(1, HIGH, 0.0, frames=200, steps_left=5)
+    heavy.flight.utterance = dataclasses.replace(heavy.flight.utterance, steps=50)
+    heavy.flight.step = 5  # 45 flow steps to go, over 200 frames
+    # Padding the newcomer to 200 frames would cost it 0.1 s a step instead of 0.016 s.
+    groups, _ = p.step_groups([heavy, newcomer], now=0.0, high_run_s=0.0)
+    assert groups == [[newcomer]]
+    # Once first chunks have had the engine for the burst bound, the heavy one steps too.
+    groups, _ = p.step_groups([heavy, newcomer], now=0.0, high_run_s=p.limits.high_burst_s)
+    assert ids(groups) == [[1, 9]]
+    # Comparable first chunks (a short sentence and a 60-character one) share the step.
+    longer = running(2, HIGH, 0.0, frames=49, steps_left=5)
+    assert ids(p.step_groups([longer, newcomer], now=0.0, high_run_s=0.0)[0]) == [[2, 9]]
+
+
+def ids(groups: list[list[Running]]) -> list[list[int]]:
+    return [sorted(r.ticket.request_id for r in g) for g in groups]
