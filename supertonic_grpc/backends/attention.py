@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from supertonic_grpc.backends import onednn
 from supertonic_grpc.backends.convnext import frame_mask
 from supertonic_grpc.model.layers import ChannelLayerNorm, Linear
 from supertonic_grpc.model.vector_estimator import StyleBlock, TextBlock
-
-# Rows the packed weights are laid out for (oneDNN picks a blocking from it).
-_PACK_ROWS = 256
 
 
 class PackedLinear:
@@ -34,14 +32,10 @@ class PackedLinear:
     def __init__(self, layer: Linear) -> None:
         lin = layer.linear
         self.bias = None if lin.bias is None else lin.bias.detach().clone()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(
-            lin.weight.detach().contiguous(), _PACK_ROWS
-        )
+        self.weight = onednn.pack(lin.weight.detach().contiguous())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(
-            x.contiguous(), self.weight, self.bias, "none", [], ""
-        )
+        return onednn.linear(x.contiguous(), self.weight, self.bias)
 
 
 class _Norm:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from supertonic_grpc.backends import onednn
 from supertonic_grpc.backends.precision import FP32, PointwiseMLP, Precision
 from supertonic_grpc.model.layers import ConvNeXtBlock, ConvNeXtStack
 from supertonic_grpc.model.vocoder import Decoder
@@ -197,7 +198,7 @@ class ChannelsLastDecoder:
             self.prelu = head.act.weight.detach().clone()
             self.head2 = head.layer2.weight.detach().squeeze(-1).contiguous()
             if self.head2.device.type == "cpu":
-                self.head2 = torch.ops.mkldnn._reorder_linear_weight(self.head2, 256)
+                self.head2 = onednn.pack(self.head2)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         h = self.embed(z.transpose(1, 2))
@@ -206,7 +207,7 @@ class ChannelsLastDecoder:
         h = torch.addcmul(self.bn_shift, h, self.bn_scale)
         h = F.prelu(self.head1(h), self.prelu)
         if self.head2.device.type == "cpu":
-            out = torch.ops.mkldnn._linear_pointwise(h, self.head2, None, "none", [], "")
+            out = onednn.linear(h, self.head2, None)
         else:
             out = F.linear(h, self.head2)
         return out.flatten(1)

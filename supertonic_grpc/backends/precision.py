@@ -16,13 +16,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from supertonic_grpc.backends import onednn
+
 Precision = Literal["fp32", "bf16", "int8"]
 FP32: Precision = "fp32"
 BF16: Precision = "bf16"
 INT8: Precision = "int8"
 PRECISIONS: tuple[Precision, ...] = (FP32, BF16, INT8)
-# Rows the packed weights are laid out for (oneDNN picks a blocking from it).
-_PACK_ROWS = 256
 
 
 def parse_precision(text: str) -> Precision:
@@ -69,8 +69,7 @@ class PointwiseMLP:
         self.w1, self.w2 = w1.to(self.dtype).contiguous(), w2.to(self.dtype).contiguous()
         self.b1, self.b2 = b1.to(self.dtype).contiguous(), b2.to(self.dtype).contiguous()
         if self.onednn:
-            pack = torch.ops.mkldnn._reorder_linear_weight
-            self.w1, self.w2 = pack(self.w1, _PACK_ROWS), pack(self.w2, _PACK_ROWS)
+            self.w1, self.w2 = onednn.pack(self.w1), onednn.pack(self.w2)
 
     def __call__(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """`y [..., C]` -> the MLP's output, plus `residual` (float32, y's shape) if given."""
@@ -81,9 +80,8 @@ class PointwiseMLP:
             y = y.to(self.dtype)
             out = F.linear(F.gelu(F.linear(y, self.w1, self.b1)), self.w2, self.b2).float()
         else:
-            linear = torch.ops.mkldnn._linear_pointwise
-            h = linear(y.to(self.dtype), self.w1, self.b1, "gelu", [], "none")
-            out = linear(h, self.w2, self.b2, "none", [], "").float()
+            h = onednn.linear(y.to(self.dtype), self.w1, self.b1, gelu=True)
+            out = onednn.linear(h, self.w2, self.b2).float()
         # Not oneDNN's fused binary add: measured 15x slower than the product plus an add here.
         return out if residual is None else out.add_(residual)
 

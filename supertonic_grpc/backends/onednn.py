@@ -1,0 +1,26 @@
+"""oneDNN's packed linear layer, the one way the CPU backends call it.
+
+A weight is reordered once into oneDNN's blocked layout; every product then skips that
+reorder (and, with `gelu`, fuses the activation into the product).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rows the packed weights are laid out for (oneDNN picks a blocking from it).
+PACK_ROWS = 256
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """`[out, in]` weight -> oneDNN's packed layout, for `linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False
+) -> torch.Tensor:
+    """`x [..., in]` @ packed `weight` + `bias`, then exact (erf) GELU if `gelu`."""
+    if gelu:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
