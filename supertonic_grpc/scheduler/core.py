@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from supertonic_grpc.scheduler.cost import VOCODER_CONTEXT_FRAMES
 from supertonic_grpc.scheduler.decision import StepDecision
 from supertonic_grpc.scheduler.jobs import (
     EngineLike,
@@ -79,7 +80,10 @@ class Scheduler:
         self.cost = CostModel()
         self.sample_rate = int(getattr(engine, "sample_rate", 44100))
         self.frame_samples = int(getattr(engine, "frame_samples", 3072))
-        self.policy = Policy(self.limits, self.cost, self.sample_rate, self.frame_samples)
+        context = int(getattr(engine, "vocoder_context", VOCODER_CONTEXT_FRAMES))
+        self.policy = Policy(
+            self.limits, self.cost, self.sample_rate, self.frame_samples, context_frames=context
+        )
         self._high: list[tuple[float, int, Job]] = []  # by arrival
         self._normal: list[tuple[float, int, Job]] = []  # by submitted deadline
         self._running_count = 0
@@ -91,7 +95,9 @@ class Scheduler:
         self._running_flag = False
         self._high_run_s = 0.0  # engine time of consecutive ticks spent on first chunks
         self._admitting: list[Job] = []  # taken from the queues for this tick's admission
-        self.stages = Stages(engine, self.cost, metrics, clock, self.sample_rate)
+        self.stages = Stages(
+            engine, self.cost, metrics, clock, self.sample_rate, context_frames=context
+        )
 
     # --- the event-loop side (any thread) ----------------------------------------------
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Latent frames of left context a vocoded piece is decoded with (the vocoder's receptive
-# field, see `Engine.vocoder_context`).
+# Latent frames of left context a vocoded piece is decoded with, for engines that do not
+# say (`Engine.vocoder_context`, derived from the vocoder's receptive field, is read first).
 VOCODER_CONTEXT_FRAMES = 20
 
 

@@ -37,8 +37,7 @@ from typing import TypeVar
 import numpy as np
 
 from supertonic_grpc.engine import Flight
-from supertonic_grpc.scheduler.cost import VOCODER_CONTEXT_FRAMES as CONTEXT
-from supertonic_grpc.scheduler.cost import CostModel
+from supertonic_grpc.scheduler.cost import VOCODER_CONTEXT_FRAMES, CostModel
 from supertonic_grpc.scheduler.jobs import Job, Priority, Ticket
 
 _E = TypeVar("_E")
@@ -103,11 +102,19 @@ class Limits:
 class Policy:
     """Chooses each tick's admissions, step set and vocode set."""
 
-    def __init__(self, limits: Limits, cost: CostModel, sample_rate: int, frame_samples: int):
+    def __init__(
+        self,
+        limits: Limits,
+        cost: CostModel,
+        sample_rate: int,
+        frame_samples: int,
+        context_frames: int = VOCODER_CONTEXT_FRAMES,
+    ):
         self.limits = limits
         self.cost = cost
         self.sample_rate = sample_rate
         self.frame_samples = frame_samples
+        self.context_frames = context_frames  # left context each vocoded piece decodes
 
     # --- deadlines -----------------------------------------------------------------------
 
@@ -129,7 +136,7 @@ class Policy:
         """Engine time this chunk needs, alone, until its next piece."""
         f = r.flight
         return f.steps_left * self.cost.step_s(1, f.frames) + self.cost.vocode_s(
-            self._piece_frames(r) + CONTEXT
+            self._piece_frames(r) + self.context_frames
         )
 
     def urgency(self, slack: float, need: float) -> Urgency:
@@ -198,7 +205,7 @@ class Policy:
         """A queued later chunk's rank; its frames are estimated from its tokens."""
         frames = int(FRAMES_PER_TOKEN * len(job.utterance.token_ids))
         need = job.utterance.steps * self.cost.step_s(1, frames) + self.cost.vocode_s(
-            min(frames, self.limits.piece_frames) + CONTEXT
+            min(frames, self.limits.piece_frames) + self.context_frames
         )
         d = self.deadline(job, running)
         u = self.urgency(d - now, need)
@@ -337,7 +344,10 @@ class Policy:
         chunk early costs nothing overall, only a little of a newcomer's tick, so it is
         done well before its listener needs it."""
         slack = self.deadline(r.job, running) - now
-        return slack > 3 * self.cost.vocode_s(frames + CONTEXT) + 2 * self.limits.urgent_margin_s
+        return (
+            slack
+            > 3 * self.cost.vocode_s(frames + self.context_frames) + 2 * self.limits.urgent_margin_s
+        )
 
     def follow_frames(self, r: Running, waiting: Sequence[Job]) -> int:
         """The piece decoded right after a first piece (which plays ~0.7 s): the usual

@@ -30,12 +30,14 @@ class Stages:
         metrics: MetricsLike | None,
         clock: Callable[[], float],
         sample_rate: int,
+        context_frames: int = VOCODER_CONTEXT_FRAMES,
     ) -> None:
         self.engine = engine
         self.cost = cost
         self.metrics = metrics
         self.clock = clock
         self.sample_rate = sample_rate
+        self.context_frames = context_frames
         self.running: list[Running] = []  # the scheduler thread's own
         self.first_audio_ema_s = 0.0  # a first chunk's admission -> first piece
         self.chunk_ema_s = 0.0  # a chunk's admission -> last piece
@@ -102,7 +104,7 @@ class Stages:
         # Frames decoded, the left context of pieces after the first included.
         frames = sum(
             min(n, r.flight.frames - r.flight.vocoded_frames)
-            + min(VOCODER_CONTEXT_FRAMES, r.flight.vocoded_frames)
+            + min(self.context_frames, r.flight.vocoded_frames)
             for r, n in pieces
         )
         t0 = self.clock()
