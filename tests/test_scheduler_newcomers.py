@@ -75,6 +75,23 @@ def test_an_urgent_later_chunk_waits_for_a_newcomer_when_its_slack_covers_it() -
     assert groups == [[newcomer], [cannot]] and urgent == 1
 
 
+def test_an_urgent_chunk_of_a_50_step_stream_does_not_add_its_steps_to_a_newcomers() -> None:
+    p = policy()
+    newcomer = running(9, HIGH, 0.0, frames=30, steps_left=2)
+    costly = running(1, NORMAL, 0.6, frames=100, steps_left=2)  # slack too short to wait
+    costly.flight.utterance = dataclasses.replace(costly.flight.utterance, steps=50)
+    costly.flight.step = 48  # as urgent as the 5-step one above: 2 steps to go
+    groups, urgent = p.step_groups([newcomer, costly], now=0.0, high_run_s=0.0)
+    assert groups == [[newcomer]] and urgent == 0
+    # It gets the engine between bursts of first chunks, as a hopeless stream does.
+    groups, _ = p.step_groups([newcomer, costly], now=0.0, high_run_s=p.limits.high_burst_s)
+    assert groups == [[costly]]
+    # Up to expensive_ratio times the newcomer's steps it still may (20 against 5).
+    costly.flight.utterance = dataclasses.replace(costly.flight.utterance, steps=20)
+    costly.flight.step = 18
+    assert p.step_groups([newcomer, costly], now=0.0, high_run_s=0.0)[0] == [[newcomer], [costly]]
+
+
 def test_a_newcomer_arriving_mid_tick_makes_that_ticks_vocoding_yield() -> None:
     clock = FakeClock()
     engine = FakeEngine(clock, step_cost=0.001)
@@ -160,9 +177,18 @@ def test_a_short_newcomer_does_not_share_its_step_with_a_50_step_first_chunk() -
     # Padding the newcomer to 200 frames would cost it 0.1 s a step instead of 0.016 s.
     groups, _ = p.step_groups([heavy, newcomer], now=0.0, high_run_s=0.0)
     assert groups == [[newcomer]]
-    # Once first chunks have had the engine for the burst bound, the heavy one steps too.
+    # However long first chunks have had the engine, until the heavy one has waited for
+    # the burst bound; then it is due one step: with the newcomer when both fit the step's
+    # frame budget, else in a call of its own after the newcomer's.
     groups, _ = p.step_groups([heavy, newcomer], now=0.0, high_run_s=p.limits.high_burst_s)
-    assert ids(groups) == [[1, 9]]
+    assert groups == [[newcomer]]
+    heavy.held_s = p.limits.high_burst_s
+    assert ids(p.step_groups([heavy, newcomer], now=0.0, high_run_s=0.0)[0]) == [[1, 9]]
+    tight = policy(max_step_frames=300)
+    assert tight.step_groups([heavy, newcomer], now=0.0, high_run_s=0.0)[0] == [
+        [newcomer],
+        [heavy],
+    ]
     # Comparable first chunks (a short sentence and a 60-character one) share the step.
     longer = running(2, HIGH, 0.0, frames=49, steps_left=5)
     assert ids(p.step_groups([longer, newcomer], now=0.0, high_run_s=0.0)[0]) == [[2, 9]]

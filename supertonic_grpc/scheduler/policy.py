@@ -21,8 +21,11 @@ Rules, in order:
 - Every step is bounded by `max_batch` rows and `max_step_frames` padded frames (rows x
   longest latent), so one tick, and therefore any newcomer's wait, stays short.
 - Newcomers do not wait for what can wait (CPU): an urgent later chunk whose slack covers
-  the first chunks' remaining steps waits for them; a first chunk of over
-  `expensive_ratio` times a newcomer's work and a longer latent does not pad its step;
+  the first chunks' remaining steps waits for them, and so does one of a stream whose
+  audio costs over `expensive_ratio` times the newcomers' (its steps against theirs); a
+  first chunk of over `expensive_ratio` times a newcomer's work and a longer latent does not
+  pad its step until first chunks have had `high_burst_s`, and one of a costly stream (50
+  steps against 5) not at all, but for one step each `high_burst_s` of engine time it waited;
   while first chunks are queued or in flight, later pieces are decoded only when due, and
   short; the piece after a first piece is short only for a much cheaper newcomer.
 """
@@ -64,6 +67,7 @@ class Running:
     pieces: int = 0  # pieces delivered
     first_piece_at: float | None = None
     batch_size: int = 1  # the largest step it shared
+    held_s: float = 0.0  # engine time it has waited for its next flow step, while denoising
     parts: list[np.ndarray] = field(default_factory=list)  # for jobs without pieces
 
     @property
@@ -235,37 +239,75 @@ class Policy:
             order = urgent + high + [r for key, r in normal if key[0] != Urgency.URGENT]
         elif high and not (needy and high_run_s >= lim.high_burst_s):
             # First chunks alone, and later chunks that cannot wait for them: an urgent
-            # chunk whose slack still covers the first chunks' remaining steps waits.
-            first = self._fill(self._cheap_first(high, high_run_s))
+            # chunk whose slack still covers the first chunks' remaining steps waits, and
+            # so does one of an expensive stream (see `_may_preempt`).
+            cheap, due = self._cheap_first(high, high_run_s)
+            first = self._fill(cheap + due)
             ahead = self.high_left_s(first)
-            urgent = [r for r in urgent if not self._can_wait(r, ahead, running, now)]
-            groups = [g for g in (first, self._fill(urgent)) if g]
-            return groups, sum(len(g) for g in groups[1:])
+            urgent = [
+                r
+                for r in urgent
+                if self._may_preempt(r, first) and not self._can_wait(r, ahead, running, now)
+            ]
+            rest = self._fill(urgent)
+            # A due one that does not fit the newcomers' step takes one of its own.
+            due = self._fill([r for r in due if r not in first])
+            groups = [g for g in (first, due, rest) if g]
+            return groups, len(rest)
         else:
             order = [r for _, r in normal] if normal else high
         chosen = self._fill(order)
         return [chosen] if chosen else [], sum(1 for r in chosen if r in urgent)
 
-    def _cheap_first(self, high: Sequence[Running], high_run_s: float) -> list[Running]:
-        """First chunks by least remaining work; one with over `expensive_ratio` times the
-        least one's and a longer latent waits, so a short newcomer's step is not padded to a
-        50-step or slow-speech first chunk's length, until first chunks have had the engine
-        for `high_burst_s` (then all step together, so none waits without bound)."""
-        if not high or high_run_s >= self.limits.high_burst_s:
-            return list(high)
+    def _cheap_first(
+        self, high: Sequence[Running], high_run_s: float
+    ) -> tuple[list[Running], list[Running]]:
+        """First chunks that step together, by least remaining work, and the costly ones due
+        a step. One with over `expensive_ratio` times the least one's work and a longer
+        latent waits, so a short newcomer's step is not padded to a long or slow-speech
+        first chunk's length, until first chunks have had the engine for `high_burst_s`
+        (then all step together, so none waits without bound). A first chunk of a costly
+        stream (`_costly`: a 50-step one) waits however long first chunks have had the
+        engine, and is due one step each `high_burst_s` of engine time it waited (with the
+        others if it fits, else in a call of its own): otherwise, while it is in flight,
+        every newcomer would step padded to it."""
+        if not high:
+            return [], []
 
         def work(r: Running) -> float:  # engine time alone, fixed costs included
             return r.flight.steps_left * self.cost.step_s(1, r.flight.frames)
 
         lead = min(high, key=work)
-        ratio = self.limits.expensive_ratio
+        ratio, burst = self.limits.expensive_ratio, self.limits.high_burst_s
 
         def waits(r: Running) -> bool:
             # Only a longer latent pads the lead's step; chunks of about its length share
             # it whatever their step index (a batch at mixed step indices is still a batch).
-            return work(r) > ratio * work(lead) and r.flight.frames > 1.5 * lead.flight.frames
+            if self._costly(r, [lead]):
+                return True
+            return (
+                high_run_s < burst
+                and work(r) > ratio * work(lead)
+                and r.flight.frames > 1.5 * lead.flight.frames
+            )
 
-        return [r for r in high if not waits(r)]
+        cheap = [r for r in high if not waits(r)]
+        due = [r for r in high if waits(r) and self._costly(r, [lead]) and r.held_s >= burst]
+        return cheap, due
+
+    def _costly(self, r: Running, others: Sequence[Running]) -> bool:
+        """Whether `r`'s audio costs over `expensive_ratio` times the cheapest of `others`'
+        per second: its flow steps against theirs (50 against 5)."""
+        least = min((o.flight.utterance.steps for o in others), default=r.flight.utterance.steps)
+        return r.flight.utterance.steps > self.limits.expensive_ratio * least
+
+    def _may_preempt(self, r: Running, first: Sequence[Running]) -> bool:
+        """Whether an urgent later chunk may step beside first chunks: not one of a costly
+        stream (`_costly`). A 50-step stream about to run dry would otherwise add its steps
+        to every newcomer's, making each first audio wait several times as long; it takes
+        the engine between bursts of first chunks instead (`high_burst_s`), as hopeless
+        streams do."""
+        return not self._costly(r, first)
 
     def high_left_s(self, group: Sequence[Running]) -> float:
         """Engine time until a group of first chunks, stepping together, has its first
