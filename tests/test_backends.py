@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from supertonic_grpc import backends
-from supertonic_grpc.backends import attention, convnext
+from supertonic_grpc.backends import attention, convnext, relative_attention
 from supertonic_grpc.backends.precision import parse_precision, supported
 from supertonic_grpc.bundle import ModelBundle, demo_bundle
 from supertonic_grpc.engine import Engine, Utterance
-from supertonic_grpc.model.layers import ConvNeXtBlock, ConvNeXtStack
+from supertonic_grpc.model.layers import AttentionEncoder, ConvNeXtBlock, ConvNeXtStack
 from supertonic_grpc.model.vector_estimator import (
     RotaryTextAttention,
     StyleBlock,
@@ -135,6 +135,36 @@ def test_fast_attention_blocks_equal_the_paper_form(batch: int) -> None:
         assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
 
 
+@pytest.mark.parametrize("length", [1, 3, 9, 41])
+@torch.inference_mode()
+def test_banded_relative_attention_encoder_equals_the_paper_form(length: int) -> None:
+    # Lengths at and below the +-4 window exercise the band's edges.
+    torch.manual_seed(length)
+    encoder = AttentionEncoder(64, 96, 4, 2).eval()
+    for p in encoder.parameters():
+        p.data.normal_(0.0, 0.3)  # the relative embeddings too, which start at zero
+    x = torch.randn(3, 64, length)
+    mask = torch.ones(3, 1, length)
+    mask[1, :, length // 2 + 1 :] = 0.0
+    mask[2, :, 1:] = 0.0
+    for m in (mask, torch.ones(1, 1, length), torch.ones(2, 1, length)):
+        xs = x[: m.shape[0]]
+        want = encoder(xs, m)
+        got = relative_attention.FastAttentionEncoder(encoder)(xs, m)
+        assert got.shape == want.shape
+        assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
+
+
+def test_prepare_installs_the_banded_encoders_of_both_text_stages(bundle: ModelBundle) -> None:
+    model = bundle.model
+    backends.prepare(model, torch.device("cpu"))
+    encoders = [m for m in model.modules() if isinstance(m, AttentionEncoder)]
+    assert len(encoders) == 2  # the text encoder's and the duration predictor's
+    assert all("forward" in m.__dict__ for m in encoders)
+    relative_attention.restore(model)
+    assert not any("forward" in m.__dict__ for m in encoders)
+
+
 def test_prepare_keeps_the_state_dict_and_restore_undoes_it(bundle: ModelBundle) -> None:
     model = bundle.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -155,6 +185,7 @@ def test_fast_engine_equals_paper_form_engine(bundle: ModelBundle) -> None:
     fast = engine.synthesize(_items(bundle))
     convnext.restore(bundle.model)
     attention.restore(bundle.model)
+    relative_attention.restore(bundle.model)
     paper = engine.synthesize(_items(bundle))
     for a, b in zip(paper, fast, strict=True):
         assert a.audio.shape == b.audio.shape

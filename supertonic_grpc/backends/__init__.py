@@ -26,12 +26,13 @@ def prepare(
     """Prepare `model` (already on `device`) for inference in `precision`; returns it.
 
     CPU: every ConvNeXt stack goes channels-last with prepacked oneDNN matrix products, and
-    the vector estimator's attention blocks use packed projections and fused attention (both
-    exact in fp32), unless torch.compile owns the graph and precision is fp32. GPU: fp32 runs
+    the vector estimator's attention blocks use packed projections and fused attention, and the
+    text encoders' relative-position transformers run on the band of offsets (all exact in
+    fp32), unless torch.compile owns the graph and precision is fp32. GPU: fp32 runs
     the paper-form model; bf16 runs the ConvNeXt MLPs in bf16. Raises ValueError when the
     precision is unknown or not supported on the device.
     """
-    from supertonic_grpc.backends import attention
+    from supertonic_grpc.backends import attention, relative_attention
     from supertonic_grpc.backends.convnext import install, restore
 
     p = parse_precision(precision)
@@ -40,8 +41,10 @@ def prepare(
         raise ValueError(f"precision {p} on {device}: {why}")
     restore(model)
     attention.restore(model)
+    relative_attention.restore(model)
     if (device.type == "cpu" and not (compiled and p == FP32)) or p != FP32:
         install(model, p)
     if device.type == "cpu" and not compiled:
         attention.install(model)
+        relative_attention.install(model)
     return p

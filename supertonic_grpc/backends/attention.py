@@ -38,7 +38,9 @@ class PackedLinear:
         return onednn.linear(x.contiguous(), self.weight, self.bias)
 
 
-class _Norm:
+class ChannelsLastNorm:
+    """A `ChannelLayerNorm` applied to `[B, L, C]` (no transposes)."""
+
     def __init__(self, norm: ChannelLayerNorm) -> None:
         ln = norm.norm
         self.shape, self.eps = ln.normalized_shape, ln.eps
@@ -49,7 +51,11 @@ class _Norm:
 
 
 def _residual_norm(
-    x: torch.Tensor, out: torch.Tensor, proj: PackedLinear, norm: _Norm, mask: torch.Tensor | None
+    x: torch.Tensor,
+    out: torch.Tensor,
+    proj: PackedLinear,
+    norm: ChannelsLastNorm,
+    mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """`norm(x + proj(out) * mask) * mask` on `[B, L, C]`, returned as a `[B, C, L]` view."""
     if mask is None:
@@ -68,7 +74,7 @@ class FastTextBlock:
         self.h, self.d = attn.n_heads, attn.head_dim
         self.q, self.k, self.v = (PackedLinear(m) for m in (attn.W_query, attn.W_key, attn.W_value))
         self.o = PackedLinear(attn.out_fc)
-        self.norm = _Norm(block.norm)
+        self.norm = ChannelsLastNorm(block.norm)
 
     def __call__(self, x: Tensor, text: Tensor, latent_mask: Tensor, text_mask: Tensor) -> Tensor:
         b, _, length = x.shape
@@ -97,7 +103,7 @@ class FastStyleBlock:
             self.keys = keys.view(1, -1, self.h, self.d).transpose(1, 2).contiguous()
         self.q, self.v = PackedLinear(attn.W_query), PackedLinear(attn.W_value)
         self.o = PackedLinear(attn.out_fc)
-        self.norm = _Norm(block.norm)
+        self.norm = ChannelsLastNorm(block.norm)
 
     def __call__(self, x: torch.Tensor, style: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, _, length = x.shape

@@ -12,9 +12,9 @@ pays for transposed copies and for masks that multiply by one.
 forward: the same arithmetic on `[B, T, C]` from the stack's entry to its exit (one transpose
 in, a free view out), the depthwise convolution on oneDNN's channels-last path, the MLP's
 weights packed once with GELU fused into the first product and the layer scale folded into
-the second, the input mask applied once per stack (a block's output
-is already masked), and no mask at all when it is all ones (a batch of one, or of equal
-lengths). In float32 the result differs from the paper form only by rounding (about 1e-7).
+the second, the input mask applied once per stack (a block's output is already masked) and
+once per block (at its output), and no mask at all when it is all ones (a batch of one, or
+of equal lengths). In float32 the result differs from the paper form only by rounding (about 1e-7).
 
 Nothing in `supertonic_grpc.model` changes: `restore` puts the paper-form forwards back.
 """
@@ -142,12 +142,13 @@ class ChannelsLastConvNeXt:
     def forward_tc(self, x: torch.Tensor, mask_t: torch.Tensor | None) -> torch.Tensor:
         """x: `[B, T, C]` contiguous, already zero where `mask_t [B, T, 1]` is -> `[B, T, C]`.
 
-        The paper form masks its input first and its output last; with the input masked
-        already, `(x + f) * m` is the block's output for every position.
+        The paper form masks its input first, the convolution's output, and its output
+        last. With the input masked already, `(x + f) * m` is the block's output for every
+        position; and since everything between the convolution and that last mask works
+        position by position, masking the convolution's output changes only values the last
+        mask zeroes, so it is skipped.
         """
         y = self.dwconv(x)
-        if mask_t is not None:
-            y.mul_(mask_t)
         y = F.layer_norm(y, self.norm_shape, self.norm_weight, self.norm_bias, self.norm_eps)
         y = self.mlp(y, residual=x)
         return y if mask_t is None else y.mul_(mask_t)

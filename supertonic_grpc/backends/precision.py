@@ -80,7 +80,7 @@ class PointwiseMLP:
             y = y.to(self.dtype)
             out = F.linear(F.gelu(F.linear(y, self.w1, self.b1)), self.w2, self.b2).float()
         else:
-            h = onednn.linear(y.to(self.dtype), self.w1, self.b1, gelu=True)
+            h = onednn.linear(y.to(self.dtype), self.w1, self.b1, activation="gelu")
             out = onednn.linear(h, self.w2, self.b2).float()
         # Not oneDNN's fused binary add: measured 15x slower than the product plus an add here.
         return out if residual is None else out.add_(residual)
