@@ -12,7 +12,8 @@ happens, counts ``requests_total{rpc,code}`` exactly once with the code the clie
 
 Streamed replies are written here with ``context.write`` under a write-stall timeout, so a
 client that stops reading loses its slot after ``write_timeout_s`` instead of holding it
-forever. Requests whose bytes do not parse reach the handler as :class:`Malformed` (see
+forever; its stream ends DEADLINE_EXCEEDED, a status it reads right after the audio already
+queued for it. Requests whose bytes do not parse reach the handler as :class:`Malformed` (see
 :func:`lenient`) and are refused with INVALID_ARGUMENT and one log line.
 """
 
@@ -224,9 +225,11 @@ class Rpcs:
 
         async def body() -> None:
             messages = handler(_checked(request), call)
+            first = True
             try:
                 async for message in messages:
-                    await self._write(context, message)
+                    await self._write(context, message, first=first)
+                    first = False
             finally:
                 # Runs the handler's cleanup now, also when the cancel came during a write.
                 await messages.aclose()  # type: ignore[attr-defined]
@@ -235,15 +238,23 @@ class Rpcs:
 
     # --- internals -----------------------------------------------------------------
 
-    async def _write(self, context: grpc.aio.ServicerContext, message: Any) -> None:
+    async def _write(self, context: grpc.aio.ServicerContext, message: Any, *, first: bool) -> None:
         size = message.ByteSize()
         if size > self.limits.max_reply_bytes:
             # Sent, it would fail in the client (4 MiB default) after all the compute.
             problem = f"a {size}-byte message exceeds the {self.limits.max_reply_bytes}-byte limit"
             log.warning("stream ended: %s", problem)
             raise RequestError(grpc.StatusCode.INTERNAL, problem)
+
+        async def send() -> None:
+            if first:
+                # The headers go in a batch of their own, not with a message that may stall:
+                # gRPC would add them again to the stall status's batch and refuse it.
+                await context.send_initial_metadata(())
+            await context.write(message)
+
         try:
-            await asyncio.wait_for(context.write(message), self.limits.write_timeout_s)
+            await asyncio.wait_for(send(), self.limits.write_timeout_s)
         except TimeoutError:
             raise Stalled from None
         except Exception as exc:
@@ -312,17 +323,16 @@ class Rpcs:
             message = "server is shutting down; retry on another replica"
         except Stalled:
             self.metrics.stalled_streams_total.inc()
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-            log.info(
-                "%s from %s: the client read nothing for %g s; stream ended",
-                call.rpc,
-                call.peer,
-                self.limits.write_timeout_s,
+            code, hint = grpc.StatusCode.DEADLINE_EXCEEDED, None
+            message = (
+                f"the client read nothing for {self.limits.write_timeout_s:g} s (the server's "
+                "write-stall timeout): stream ended"
             )
-            # The unread message's send is still pending, so no status can follow it: end
-            # the handler as cancelled, which frees the slot now. Measured: gRPC does not
-            # reset the HTTP/2 stream then; it ends at the client's deadline or at shutdown.
-            raise asyncio.CancelledError from None
+            log.info("%s from %s: %s", call.rpc, call.peer, message)
+            # The unread message stays queued in gRPC and the status is queued behind it
+            # (trailers follow the data): a client that reads again gets both at once. The
+            # abort below waits until then (or the client's deadline or cancel, or the
+            # connection's end), but the slot and the handler are freed before it.
         except grpc.aio.AbortError:
             # The handler aborted the call itself: count the code it chose.
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -339,7 +349,15 @@ class Rpcs:
             self.metrics.requests_total.labels(call.rpc, code.name).inc()
         if hint is not None:
             context.set_trailing_metadata((("retry-after-ms", str(int(hint * 1000))),))
-        await context.abort(code, message)
+        try:
+            await context.abort(code, message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            # ExecuteBatchError: the call ended (a cancel, the deadline, the connection)
+            # before the status went out, as it can for a stalled reader; it is counted.
+            log.debug("%s from %s: status not sent: %s", call.rpc, call.peer, exc)
+            raise asyncio.CancelledError from None
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 

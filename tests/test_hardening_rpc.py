@@ -58,6 +58,25 @@ def pcm_f32(text: str, **kw) -> tts_pb2.SynthesizeRequest:
     )
 
 
+def start_stream(server, rpc: str, text: str, audio_config, chunking, *, timeout: float):
+    """A `Synthesize` or `StreamingSynthesize` call from a client that reads only on demand
+    (no BDP probing: the server's writes soon wait for it)."""
+    stub = stub_for(server.address, STALLED_OPTIONS)
+    if rpc == "Synthesize":
+        req = tts_pb2.SynthesizeRequest(
+            text=text, steps=1, audio_config=audio_config, chunking=chunking
+        )
+        return stub.Synthesize(req, timeout=timeout)
+    config = tts_pb2.StreamingSynthesizeConfig(
+        steps=1, audio_config=audio_config, chunking=chunking
+    )
+    requests = [
+        tts_pb2.StreamingSynthesizeRequest(config=config),
+        tts_pb2.StreamingSynthesizeRequest(text=text),
+    ]
+    return stub.StreamingSynthesize(iter(requests), timeout=timeout)
+
+
 def test_unexpected_error_in_a_stream_is_internal_and_counted_as_such(make_server) -> None:
     server = make_server()
     service = server.running.service
@@ -158,12 +177,47 @@ def test_stalled_readers_lose_their_slots_after_the_write_timeout(make_server, c
             time.sleep(0.2)
     assert reply[-1].HasField("summary")
     assert time.monotonic() - started < timeout + 5
-    # The status may sit behind the unread audio, so the count tells what the server did.
+    # Their status waits behind the audio they do not read; they never read again, but
+    # cancel (the status is then never sent, quietly), and the count tells what it was.
     assert wait_until(lambda: sample(scrape(server), "supertonic_stalled_streams_total") == 8)
     for call in stalled:
         call.cancel()
     assert count(server, "Synthesize", "DEADLINE_EXCEEDED") == 8
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize(
+    "rpc, read_before",
+    [("Synthesize", 0), ("Synthesize", 1), ("StreamingSynthesize", 1)],
+    ids=["first-write-stalls", "later-write-stalls", "streaming"],
+)
+def test_a_stalled_reader_that_reads_again_gets_the_stall_status_at_once(
+    make_server, rpc, read_before
+) -> None:
+    server = make_server(write_timeout_s=1.0)
+    # Chunks of ~2.5 s in 32-bit floats at 48 kHz, each far over the client's 64 KiB window.
+    text = " ".join(f"Sentence {i} is forty characters long, or so." for i in range(5))
+    audio_config = tts_pb2.AudioConfig(encoding=tts_pb2.PCM_F32, sample_rate_hz=48000)
+    chunking = tts_pb2.ChunkingConfig(first_chunk_chars=45, max_chunk_chars=45)
+    deadline_s = 60.0
+    call = start_stream(server, rpc, text, audio_config, chunking, timeout=deadline_s)
+    received = [next(call) for _ in range(read_before)]
+    # The client stops reading until the server has given up on it and freed its slot.
+    assert wait_until(lambda: sample(scrape(server), "supertonic_stalled_streams_total") == 1)
+    assert wait_until(lambda: server.running.service.active == 0)
+    assert sample(scrape(server), "supertonic_active_streams") == 0
+    resumed = time.monotonic()
+    with pytest.raises(grpc.RpcError) as exc:
+        for reply in call:
+            received.append(reply)
+    # The status comes right after the audio the server had queued, not at the client's own
+    # deadline, and it is the code the server counted.
+    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "write-stall timeout" in exc.value.details()
+    assert time.monotonic() - resumed < deadline_s / 2
+    assert received and all(r.HasField("chunk") for r in received)
+    assert count(server, rpc, "DEADLINE_EXCEEDED") == 1
+    assert count(server, rpc, "OK") == 0 and count(server, rpc, "CANCELLED") == 0
 
 
 def test_unary_calls_are_not_streams_and_do_not_queue_all_their_chunks(make_server) -> None:
@@ -265,21 +319,7 @@ def test_a_slow_reader_is_back_pressure_not_an_underrun(make_server, rpc) -> Non
     text = " ".join(f"Sentence {i} is forty characters long, or so." for i in range(5))
     audio_config = tts_pb2.AudioConfig(encoding=tts_pb2.PCM_F32, sample_rate_hz=48000)
     chunking = tts_pb2.ChunkingConfig(first_chunk_chars=45, max_chunk_chars=45)
-    stub = stub_for(server.address, STALLED_OPTIONS)
-    if rpc == "Synthesize":
-        req = tts_pb2.SynthesizeRequest(
-            text=text, steps=1, audio_config=audio_config, chunking=chunking
-        )
-        call = stub.Synthesize(req, timeout=120)
-    else:
-        config = tts_pb2.StreamingSynthesizeConfig(
-            steps=1, audio_config=audio_config, chunking=chunking
-        )
-        requests = [
-            tts_pb2.StreamingSynthesizeRequest(config=config),
-            tts_pb2.StreamingSynthesizeRequest(text=text),
-        ]
-        call = stub.StreamingSynthesize(iter(requests), timeout=120)
+    call = start_stream(server, rpc, text, audio_config, chunking, timeout=120)
     first = next(call)
     assert first.HasField("chunk")
     # The lookahead is computed and the handler waits on a write the client does not take.
