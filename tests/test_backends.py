@@ -135,6 +135,33 @@ def test_fast_attention_blocks_equal_the_paper_form(batch: int) -> None:
         assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
 
 
+@torch.inference_mode()
+def test_attention_blocks_reuse_the_text_side_only_for_the_same_tensor_objects() -> None:
+    torch.manual_seed(5)
+    block = TextBlock(64, 32, 4).eval()
+    for p in block.parameters():
+        p.data.normal_(0.0, 0.2)
+    block.attn.increments.data = torch.arange(1000.0).view(1, 1000, 1)
+    fast = attention.FastTextBlock(block)
+    made = 0
+    text_side = fast._text_side
+
+    def counted(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        nonlocal made
+        made += 1
+        return text_side(text, mask)
+
+    fast._text_side = counted  # type: ignore[assignment]
+    x, latent_mask = torch.randn(1, 64, 23), torch.ones(1, 1, 23)
+    text, text_mask = torch.randn(1, 32, 17), torch.ones(1, 1, 17)
+    other = torch.randn(1, 32, 17)
+    for t, expected_made in ((text, 1), (text, 1), (other, 2), (text.clone(), 3)):
+        got = fast(x, t, latent_mask, text_mask)
+        want = block(x, t, latent_mask, text_mask)
+        assert made == expected_made
+        assert float((got - want).abs().max()) <= EXACT * float(want.abs().max())
+
+
 @pytest.mark.parametrize("length", [1, 3, 9, 41])
 @torch.inference_mode()
 def test_banded_relative_attention_encoder_equals_the_paper_form(length: int) -> None:

@@ -68,6 +68,27 @@ def test_staggered_company_and_pieces_equal_the_whole_chunk_path(
 
 
 @pytest.mark.slow
+def test_a_batchs_text_side_is_reused_only_while_the_very_same_batch_steps(
+    engine: Engine, bundle: ModelBundle
+) -> None:
+    a = _utt(bundle, "The same company steps twice in a row here.", "F1", 4, 3)
+    b = _utt(bundle, "And this one keeps it company, then leaves.", "M2", 4, 5)
+    (alone_a,), (alone_b,) = engine.synthesize([a]), engine.synthesize([b])
+    fa, fb = engine.admit([a, b])
+    engine.step([fa, fb])
+    conditions = engine._step_conditions([fa, fb], 2)
+    engine.step([fa, fb])  # the same flights in the same rows: the same tensors
+    assert engine._step_conditions([fa, fb], 2)[0] is conditions[0]
+    engine.step([fb, fa])  # rows swapped: built anew, so nobody reads another's text
+    assert engine._step_conditions([fb, fa], 2)[0] is not conditions[0]
+    engine.step([fa])
+    engine.step([fb])
+    for flight, alone in ((fa, alone_a), (fb, alone_b)):
+        (audio,) = engine.vocode([(flight, flight.frames)])
+        assert np.abs(audio - alone.audio).max() <= BATCH_TOLERANCE
+
+
+@pytest.mark.slow
 def test_a_piece_equals_the_same_samples_of_the_whole_decode(
     engine: Engine, bundle: ModelBundle
 ) -> None:

@@ -10,11 +10,20 @@ gets exactly zero weight, as the paper's -1e4 logit does whenever a row has a re
 every row has), and no mask arithmetic
 when a mask is all ones. Rotary positions are the model's own `_rotate`, in float32.
 
+The text side of each block (the text's rotated keys and values, the voice's style values)
+is the same at every flow step of a chunk, so it is computed once per batch of inputs: a block
+keeps the last text (or style) tensor it was given and what it made of it, and reuses that
+while it is given the very same tensor object again. The engine passes the same tensors for
+consecutive steps of the same batch and never writes into them (`Engine._step_batch`), so a
+chunk stepping with the same company computes its text side once instead of at every step.
+
 In every precision these blocks stay float32 (see `precision.py`); the result differs from the
 paper form only by rounding.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +74,25 @@ def _residual_norm(
     return y.transpose(1, 2)
 
 
+class _Memo:
+    """The last inputs' derived tensors, reused while the same input objects come back. Holds
+    the inputs themselves, so their identity cannot be reused by new tensors meanwhile."""
+
+    def __init__(self) -> None:
+        self._inputs: tuple[Tensor, ...] = ()
+        self._value: tuple[Tensor, ...] = ()
+
+    def get(
+        self, inputs: tuple[Tensor, ...], make: Callable[[], tuple[Tensor, ...]]
+    ) -> tuple[Tensor, ...]:
+        same = len(inputs) == len(self._inputs) and all(
+            a is b for a, b in zip(inputs, self._inputs, strict=True)
+        )
+        if not same:
+            self._inputs, self._value = inputs, make()
+        return self._value
+
+
 class FastTextBlock:
     """`TextBlock.forward`: x [B, C, L], text [B, Ct, T], masks [B, 1, L] / [B, 1, T]."""
 
@@ -75,18 +103,26 @@ class FastTextBlock:
         self.q, self.k, self.v = (PackedLinear(m) for m in (attn.W_query, attn.W_key, attn.W_value))
         self.o = PackedLinear(attn.out_fc)
         self.norm = ChannelsLastNorm(block.norm)
+        self.memo = _Memo()
+
+    def _text_side(self, text: Tensor, text_mask: Tensor) -> tuple[Tensor, ...]:
+        """Rotated keys, values `[B, H, T, D]`, and the key mask (or an empty tensor)."""
+        b, h, d = text.shape[0], self.h, self.d
+        tt = text.transpose(1, 2)
+        k = self.k(tt).view(b, -1, h, d).transpose(1, 2)
+        v = self.v(tt).view(b, -1, h, d).transpose(1, 2)
+        keys = torch.empty(0) if frame_mask(text_mask) is None else (text_mask[:, None] > 0)
+        return self.attn._rotate(k, text_mask), v, keys
 
     def __call__(self, x: Tensor, text: Tensor, latent_mask: Tensor, text_mask: Tensor) -> Tensor:
         b, _, length = x.shape
         h, d = self.h, self.d
         xt = x.transpose(1, 2).contiguous()  # free when x is a channels-last view
-        tt = text.transpose(1, 2)
         q = self.q(xt).view(b, length, h, d).transpose(1, 2)
-        k = self.k(tt).view(b, -1, h, d).transpose(1, 2)
-        v = self.v(tt).view(b, -1, h, d).transpose(1, 2)
-        q, k = self.attn._rotate(q, latent_mask), self.attn._rotate(k, text_mask)
-        keys = None if frame_mask(text_mask) is None else (text_mask[:, None] > 0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=(h * d) ** -0.5)
+        q = self.attn._rotate(q, latent_mask)
+        k, v, keys = self.memo.get((text, text_mask), lambda: self._text_side(text, text_mask))
+        mask = keys if keys.numel() else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=(h * d) ** -0.5)
         out = out.transpose(1, 2).reshape(b, length, h * d)
         return _residual_norm(xt, out, self.o, self.norm, frame_mask(latent_mask))
 
@@ -104,13 +140,14 @@ class FastStyleBlock:
         self.q, self.v = PackedLinear(attn.W_query), PackedLinear(attn.W_value)
         self.o = PackedLinear(attn.out_fc)
         self.norm = ChannelsLastNorm(block.norm)
+        self.memo = _Memo()
 
     def __call__(self, x: torch.Tensor, style: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, _, length = x.shape
         h, d = self.h, self.d
         xt = x.transpose(1, 2).contiguous()
         q = self.q(xt).view(b, length, h, d).transpose(1, 2)
-        v = self.v(style).view(b, -1, h, d).transpose(1, 2)
+        (v,) = self.memo.get((style,), lambda: (self.v(style).view(b, -1, h, d).transpose(1, 2),))
         k = self.keys.expand(b, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, k, v, scale=(h * d) ** -0.5)
         out = out.transpose(1, 2).reshape(b, length, h * d)
