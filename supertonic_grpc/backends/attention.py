@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from supertonic_grpc.backends import onednn
+from supertonic_grpc.backends import forwards, onednn
 from supertonic_grpc.backends.convnext import frame_mask
 from supertonic_grpc.model.layers import ChannelLayerNorm, Linear
 from supertonic_grpc.model.vector_estimator import StyleBlock, TextBlock
@@ -154,26 +154,15 @@ class FastStyleBlock:
         return _residual_norm(xt, out, self.o, self.norm, frame_mask(mask))
 
 
-_PREPARED = (TextBlock, StyleBlock)
+_PREPARED = {TextBlock: FastTextBlock, StyleBlock: FastStyleBlock}
 
 
 def install(model: nn.Module) -> int:
     """Give every text and style block of `model` (on the CPU) its prepared forward; returns
     how many. Idempotent."""
-    restore(model)
-    count = 0
-    for module in model.modules():
-        if isinstance(module, TextBlock):
-            object.__setattr__(module, "forward", FastTextBlock(module))
-            count += 1
-        elif isinstance(module, StyleBlock):
-            object.__setattr__(module, "forward", FastStyleBlock(module))
-            count += 1
-    return count
+    return forwards.install(model, _PREPARED)
 
 
 def restore(model: nn.Module) -> None:
     """Undo `install`."""
-    for module in model.modules():
-        if isinstance(module, _PREPARED) and "forward" in module.__dict__:
-            del module.__dict__["forward"]
+    forwards.restore(model, tuple(_PREPARED))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supertonic_grpc.backends import onednn
+from supertonic_grpc.backends import forwards, onednn
 from supertonic_grpc.backends.precision import FP32, PointwiseMLP, Precision
 from supertonic_grpc.model.layers import ConvNeXtBlock, ConvNeXtStack
 from supertonic_grpc.model.vocoder import Decoder
@@ -242,9 +242,7 @@ _PREPARED = (ConvNeXtBlock, ConvNeXtStack, Decoder)
 
 def restore(model: nn.Module) -> None:
     """Undo `install`: every block, stack and decoder runs its paper-form forward again."""
-    for module in model.modules():
-        if isinstance(module, _PREPARED) and "forward" in module.__dict__:
-            del module.__dict__["forward"]
+    forwards.restore(model, _PREPARED)
 
 
 def is_prepared(model: nn.Module) -> bool:

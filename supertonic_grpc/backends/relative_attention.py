@@ -32,7 +32,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from supertonic_grpc.backends import onednn
+from supertonic_grpc.backends import forwards, onednn
 from supertonic_grpc.backends.attention import ChannelsLastNorm
 from supertonic_grpc.backends.convnext import frame_mask
 from supertonic_grpc.model.layers import (
@@ -145,17 +145,9 @@ class FastAttentionEncoder:
 def install(model: nn.Module) -> int:
     """Give every AttentionEncoder of `model` (on the CPU, float32) its prepared forward;
     returns how many. Idempotent."""
-    restore(model)
-    count = 0
-    for module in model.modules():
-        if isinstance(module, AttentionEncoder):
-            object.__setattr__(module, "forward", FastAttentionEncoder(module))
-            count += 1
-    return count
+    return forwards.install(model, {AttentionEncoder: FastAttentionEncoder})
 
 
 def restore(model: nn.Module) -> None:
     """Undo `install`."""
-    for module in model.modules():
-        if isinstance(module, AttentionEncoder) and "forward" in module.__dict__:
-            del module.__dict__["forward"]
+    forwards.restore(model, (AttentionEncoder,))
