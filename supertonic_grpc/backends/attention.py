@@ -14,8 +14,10 @@ The text side of each block (the text's rotated keys and values, the voice's sty
 is the same at every flow step of a chunk, so it is computed once per batch of inputs: a block
 keeps the last text (or style) tensor it was given and what it made of it, and reuses that
 while it is given the very same tensor object again. The engine passes the same tensors for
-consecutive steps of the same batch and never writes into them (`Engine._step_batch`), so a
-chunk stepping with the same company computes its text side once instead of at every step.
+consecutive steps of the same batch and never writes into them (`Engine._step_conditions`),
+so a chunk stepping with the same company computes its text side once instead of at every
+step. Any other caller must not write into a text or style tensor it passes again (inference
+tensors carry no version counter to catch that).
 
 In every precision these blocks stay float32 (see `precision.py`); the result differs from the
 paper form only by rounding.
