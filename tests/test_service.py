@@ -137,6 +137,17 @@ def count_of(server, code: str, rpc: str = "Synthesize") -> float:
         return 0.0
 
 
+def dropped_request(server, cancels: CancelWatch, code: str) -> int:
+    """Wait until the server counted the one request with `code`, the scheduler saw it
+    cancelled, and its running chunks left at the next tick; returns its request id."""
+    scheduler = server.running.scheduler
+    assert wait_until(lambda: count_of(server, code) == 1)
+    assert wait_until(lambda: len(cancels.last_tick) == 1)
+    (rid,) = cancels.last_tick  # the server's one request, cancelled
+    assert wait_until(lambda: gone(scheduler, cancels.tickets[rid]))
+    return rid
+
+
 def test_cancel_mid_stream_stops_that_streams_model_work_at_the_next_tick(make_server) -> None:
     server = make_server()
     scheduler = server.running.scheduler
@@ -174,11 +185,7 @@ def test_cancel_mid_stream_stops_that_streams_model_work_at_the_next_tick(make_s
         with pytest.raises(grpc.RpcError) as exc:
             list(call)
         assert exc.value.code() == grpc.StatusCode.CANCELLED
-        assert wait_until(lambda: count_of(server, "CANCELLED") == 1)
-        assert wait_until(lambda: len(cancels.last_tick) == 1)
-        (rid,) = cancels.last_tick  # the server's one request, cancelled
-        # Its running chunks leave at the next tick: then nothing of it is left.
-        assert wait_until(lambda: gone(scheduler, cancels.tickets[rid]))
+        rid = dropped_request(server, cancels, "CANCELLED")
     finally:
         engine.restore()
     # Once the server saw the cancel, no tick but the one in flight did work for the stream,
@@ -374,10 +381,7 @@ def test_deadline_exceeded_drops_the_work_and_is_counted(make_server) -> None:
     finally:
         release.set()
     try:
-        assert wait_until(lambda: count_of(server, "DEADLINE_EXCEEDED") == 1)
-        assert wait_until(lambda: len(cancels.last_tick) == 1)
-        (rid,) = cancels.last_tick  # the server's one request, cancelled
-        assert wait_until(lambda: gone(scheduler, cancels.tickets[rid]))
+        rid = dropped_request(server, cancels, "DEADLINE_EXCEEDED")
     finally:
         engine.restore()
     assert no_work_from(scheduler, cancels.first_tick_after(rid), rid)
