@@ -306,9 +306,9 @@ class Scheduler:
         vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
-        stepped_now = {id(r) for g in groups for r in g}
+        stepped_now = {r for g in groups for r in g}
         for r in self._running:
-            r.held_s = 0.0 if id(r) in stepped_now else r.held_s + compute
+            r.held_s = 0.0 if r in stepped_now else r.held_s + compute
         with self._cond:
             self._running_count = len(self._running)
             waiting = len(self._high) + len(self._normal)

@@ -240,14 +240,18 @@ class Policy:
         elif high and not (needy and high_run_s >= lim.high_burst_s):
             # First chunks alone, and later chunks that cannot wait for them: an urgent
             # chunk whose slack still covers the first chunks' remaining steps waits, and
-            # so does one of an expensive stream (see `_may_preempt`).
+            # so does one of a costly stream.
             cheap, due = self._cheap_first(high, high_run_s)
             first = self._fill(cheap + due)
             ahead = self.high_left_s(first)
+            # An urgent chunk of a costly stream (a 50-step one) about to run dry would add
+            # its steps to every newcomer's, making each first audio wait several times as
+            # long: it takes the engine between bursts of first chunks instead, as hopeless
+            # streams do.
             urgent = [
                 r
                 for r in urgent
-                if self._may_preempt(r, first) and not self._can_wait(r, ahead, running, now)
+                if not self._costly(r, first) and not self._can_wait(r, ahead, running, now)
             ]
             rest = self._fill(urgent)
             # A due one that does not fit the newcomers' step takes one of its own.
@@ -280,34 +284,20 @@ class Policy:
         lead = min(high, key=work)
         ratio, burst = self.limits.expensive_ratio, self.limits.high_burst_s
 
-        def waits(r: Running) -> bool:
+        def expensive(r: Running) -> bool:
             # Only a longer latent pads the lead's step; chunks of about its length share
             # it whatever their step index (a batch at mixed step indices is still a batch).
-            if self._costly(r, [lead]):
-                return True
-            return (
-                high_run_s < burst
-                and work(r) > ratio * work(lead)
-                and r.flight.frames > 1.5 * lead.flight.frames
-            )
+            return work(r) > ratio * work(lead) and r.flight.frames > 1.5 * lead.flight.frames
 
-        cheap = [r for r in high if not waits(r)]
-        due = [r for r in high if waits(r) and self._costly(r, [lead]) and r.held_s >= burst]
-        return cheap, due
+        costly = [r for r in high if self._costly(r, [lead])]
+        cheap = [r for r in high if r not in costly and not (high_run_s < burst and expensive(r))]
+        return cheap, [r for r in costly if r.held_s >= burst]
 
     def _costly(self, r: Running, others: Sequence[Running]) -> bool:
         """Whether `r`'s audio costs over `expensive_ratio` times the cheapest of `others`'
         per second: its flow steps against theirs (50 against 5)."""
         least = min((o.flight.utterance.steps for o in others), default=r.flight.utterance.steps)
         return r.flight.utterance.steps > self.limits.expensive_ratio * least
-
-    def _may_preempt(self, r: Running, first: Sequence[Running]) -> bool:
-        """Whether an urgent later chunk may step beside first chunks: not one of a costly
-        stream (`_costly`). A 50-step stream about to run dry would otherwise add its steps
-        to every newcomer's, making each first audio wait several times as long; it takes
-        the engine between bursts of first chunks instead (`high_burst_s`), as hopeless
-        streams do."""
-        return not self._costly(r, first)
 
     def high_left_s(self, group: Sequence[Running]) -> float:
         """Engine time until a group of first chunks, stepping together, has its first
