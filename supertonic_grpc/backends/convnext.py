@@ -43,6 +43,16 @@ def frame_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask.transpose(1, 2)
 
 
+def enter_channels_last(
+    x: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`x [B, C, T]`, `mask [B, 1, T]` -> `x [B, T, C]` contiguous and zero where masked, and
+    its `frame_mask` (a free transpose when `x` is a view of a channels-last tensor)."""
+    mask_t = frame_mask(mask)
+    h = x.transpose(1, 2).contiguous()
+    return (h, None) if mask_t is None else (h * mask_t, mask_t)
+
+
 class ChannelsLastConv:
     """A Conv1d on `[B, T, C_in]` -> `[B, T, C_out]`, edge values repeated `left`/`right` times.
 
@@ -154,11 +164,7 @@ class ChannelsLastConvNeXt:
         return y if mask_t is None else y.mul_(mask_t)
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask_t = frame_mask(mask)
-        xt = x.transpose(1, 2).contiguous()
-        if mask_t is not None:
-            xt = xt * mask_t
-        return self.forward_tc(xt, mask_t).transpose(1, 2)
+        return self.forward_tc(*enter_channels_last(x, mask)).transpose(1, 2)
 
 
 class ChannelsLastStack:
@@ -169,10 +175,7 @@ class ChannelsLastStack:
         self.blocks = blocks
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask_t = frame_mask(mask)
-        h = x.transpose(1, 2).contiguous()
-        if mask_t is not None:
-            h = h * mask_t
+        h, mask_t = enter_channels_last(x, mask)
         for block in self.blocks:
             h = block.forward_tc(h, mask_t)
         return h.transpose(1, 2)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from supertonic_grpc.backends import forwards, onednn
 from supertonic_grpc.backends.attention import ChannelsLastNorm
-from supertonic_grpc.backends.convnext import frame_mask
+from supertonic_grpc.backends.convnext import enter_channels_last
 from supertonic_grpc.model.layers import (
     MASK_LOGIT,
     AttentionEncoder,
@@ -128,12 +128,8 @@ class FastAttentionEncoder:
         ]
 
     def __call__(self, x: Tensor, mask: Tensor) -> Tensor:
-        mask_t = frame_mask(mask)
-        h = x.transpose(1, 2).contiguous()  # free when x is a channels-last view
-        key_pad = None
-        if mask_t is not None:
-            h = h * mask_t
-            key_pad = (mask == 0)[:, :, None, :]  # [B, 1, 1, T]
+        h, mask_t = enter_channels_last(x, mask)
+        key_pad = None if mask_t is None else (mask == 0)[:, :, None, :]  # [B, 1, 1, T]
         for attn, norm1, ffn, norm2 in self.layers:
             h = norm1(h + attn(h, key_pad))
             h = norm2(h + ffn(h, mask_t))
