@@ -25,7 +25,7 @@ paper form only by rounding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,11 @@ def _residual_norm(
     return y.transpose(1, 2)
 
 
+def same_objects(a: Sequence[object], b: Sequence[object]) -> bool:
+    """Whether two sequences hold the very same objects, in order (identity, not equality)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 class _Memo:
     """The last inputs' derived tensors, reused while the same input objects come back. Holds
     the inputs themselves, so their identity cannot be reused by new tensors meanwhile."""
@@ -87,10 +92,7 @@ class _Memo:
     def get(
         self, inputs: tuple[Tensor, ...], make: Callable[[], tuple[Tensor, ...]]
     ) -> tuple[Tensor, ...]:
-        same = len(inputs) == len(self._inputs) and all(
-            a is b for a, b in zip(inputs, self._inputs, strict=True)
-        )
-        if not same:
+        if not same_objects(inputs, self._inputs):
             self._inputs, self._value = inputs, make()
         return self._value
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from supertonic_grpc import backends
+from supertonic_grpc.backends.attention import same_objects
 from supertonic_grpc.backends.gpu import seeded_noise, split_on_oom, to_device, to_host
 from supertonic_grpc.engine.device import pick_device
 from supertonic_grpc.engine.utterance import (
@@ -46,10 +47,6 @@ DEMO_CHARS_PER_SECOND = 15.0
 _T = TypeVar("_T")
 # A flow step's text embeddings, styles, latent mask and text mask.
 _Conditions = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _same_objects(a: Sequence[object], b: Sequence[object]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -302,7 +299,7 @@ class Engine:
         back (never written to after this), so the backends' attention blocks compute the
         text side once for all of a batch's steps (see `backends.attention`)."""
         last = self._conditions
-        if last is not None and last[1] == rows and _same_objects(last[0], flights):
+        if last is not None and last[1] == rows and same_objects(last[0], flights):
             return last[2]
         dev, dt = self.device, self.dtype
         n = len(flights)
