@@ -108,6 +108,32 @@ def test_channels_last_decoder_equals_the_paper_form(bundle: ModelBundle) -> Non
     assert float((got - want).abs().max()) <= EXACT
 
 
+@torch.inference_mode()
+def test_a_streamed_decode_in_pieces_equals_the_paper_form_decoded_whole(
+    bundle: ModelBundle,
+) -> None:
+    """Pieces shorter than some convolutions' receptive field (the dilated ones reach 24
+    frames back) and longer ones, each decoded once from the state the one before left."""
+    decoder = next(m for m in bundle.model.modules() if isinstance(m, Decoder))
+    convnext.restore(bundle.model)
+    z = torch.randn(1, 24, 150)
+    want = decoder(z)
+    blocks = [convnext.ChannelsLastConvNeXt(b) for b in decoder.convnext]  # type: ignore[arg-type]
+    fast = convnext.ChannelsLastDecoder(decoder, blocks)
+    state, parts, at = None, [], 0
+    for size in (1, 5, 30, 6, 108):
+        part, state = fast.stream(z[:, :, at : at + size], state)
+        parts.append(part)
+        at += size
+    got = torch.cat(parts, dim=1)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) <= EXACT
+    # What a flight carries between pieces: each convolution's receptive field, no more.
+    reach = [6, *(6 * d for d in bundle.config.vocoder.convnext.dilations), 2]
+    assert [t.shape[1] for t in state.tails] == reach
+    assert convnext.streaming_decoder(decoder) is None  # the paper form does not stream
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 @torch.inference_mode()
 def test_fast_attention_blocks_equal_the_paper_form(batch: int) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from supertonic_grpc.bundle import ModelBundle, demo_bundle
-from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, Flight, Utterance
+from supertonic_grpc.engine import DEMO_CHARS_PER_SECOND, Engine, EngineError, Flight, Utterance
 from supertonic_grpc.scheduler import Job, JobResult, Priority, Scheduler, Ticket
 from supertonic_grpc.text import preprocess
 
@@ -102,6 +103,39 @@ def test_a_piece_equals_the_same_samples_of_the_whole_decode(
     rest = engine.vocode([(b, b.frames)])[0]
     assert len(first) == 5 * engine.frame_samples
     np.testing.assert_allclose(np.concatenate([first, rest]), whole, atol=1e-5)
+
+
+def test_on_cpu_a_flight_carries_its_decoder_state_so_no_frame_is_decoded_twice(
+    engine: Engine, bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert engine.vocoder_context == 0  # the scheduler's cost of a piece: its frames alone
+    utt = _utt(bundle, "Streamed.", "F1", 1, 2)
+    (a,) = engine.admit([utt])
+    engine.step([a])
+    engine.vocode([(a, 2)])
+    state = a.vocoder_state
+    assert state is not None
+    # A call that fails part-way leaves the flight as it was: the same state and frames.
+    (b,) = engine.admit([utt])
+    engine.step([b])
+    decoder = engine._streaming
+    assert decoder is not None
+    calls: list[int] = []
+
+    def fails_second(z: torch.Tensor, st: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a kernel failed")
+        return real(z, st)
+
+    real = decoder.stream
+    monkeypatch.setattr(decoder, "stream", fails_second)
+    with pytest.raises(EngineError):
+        engine.vocode([(a, 2), (b, 2)])
+    monkeypatch.undo()
+    assert len(calls) == 2 and a.vocoder_state is state and a.vocoded_frames == 2
+    engine.vocode([(a, a.frames)])
+    assert a.finished and a.vocoder_state is None  # freed with the last piece
 
 
 def test_padding_rows_are_masked_not_read(bundle: ModelBundle) -> None:

@@ -22,6 +22,7 @@ Nothing in `supertonic_grpc.model` changes: `restore` puts the paper-form forwar
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,8 @@ class ChannelsLastConv:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.edges is not None:
             return self._zero_padded(x)
+        if self.left and not self.right:
+            return self.stream(x, None)[0]
         parts = [x]
         if self.left:
             parts.insert(0, x[:, :1].expand(-1, self.left, -1))
@@ -99,6 +102,25 @@ class ChannelsLastConv:
             dilation=self.dilation, groups=self.groups,
         )  # fmt: skip
         return y.squeeze(2).transpose(1, 2)  # [B, T, C_out], contiguous
+
+    def stream(
+        self, x: torch.Tensor, tail: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A causal convolution over the next frames `x [B, T, C_in]` of a sequence whose
+        earlier input ended in `tail [B, left, C_in]` (None at its start: the first frame
+        repeated, as the edge padding does). Returns `[B, T, C_out]` and the new tail: the
+        output equals these frames of the whole sequence convolved at once."""
+        if self.right:
+            raise ValueError("stream: only a causal convolution (no right padding) streams")
+        if tail is None:
+            tail = x[:, :1].expand(-1, self.left, -1)
+        xp = torch.cat([tail, x], dim=1)
+        y = F.conv2d(
+            xp.transpose(1, 2).unsqueeze(2), self.weight, self.bias,
+            dilation=self.dilation, groups=self.groups,
+        )  # fmt: skip
+        # A copy, so the tail does not keep the whole padded input alive between pieces.
+        return y.squeeze(2).transpose(1, 2), xp[:, -self.left :].clone()
 
     def _zero_padded(self, x: torch.Tensor) -> torch.Tensor:
         assert self.edges is not None
@@ -163,6 +185,15 @@ class ChannelsLastConvNeXt:
         y = self.mlp(y, residual=x)
         return y if mask_t is None else y.mul_(mask_t)
 
+    def stream_tc(
+        self, x: torch.Tensor, tail: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A causal block over the next frames `x [B, T, C]` (see `ChannelsLastConv.stream`):
+        `[B, T, C]` and the convolution's new tail."""
+        y, tail = self.dwconv.stream(x, tail)
+        y = F.layer_norm(y, self.norm_shape, self.norm_weight, self.norm_bias, self.norm_eps)
+        return self.mlp(y, residual=x), tail
+
     def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_tc(*enter_channels_last(x, mask)).transpose(1, 2)
 
@@ -205,16 +236,50 @@ class ChannelsLastDecoder:
                 self.head2 = onednn.pack(self.head2)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.embed(z.transpose(1, 2))
-        for block in self.blocks:
-            h = block.forward_tc(h, None)
+        return self.stream(z, None)[0]
+
+    def stream(
+        self, z: torch.Tensor, state: DecoderState | None
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """Decode the next frames `z [B, 24, F]` of a sequence, carrying `state` from the
+        frames before (None at its start): `[B, F * hop]` and the state after them. The
+        decoder is causal, so pieces decoded in turn equal the whole decoded at once, and no
+        frame is decoded twice (the alternative, re-decoding each piece's receptive field
+        of left context, costs 20 latent frames a piece)."""
+        tails = state.tails if state is not None else [None] * (len(self.blocks) + 2)
+        h, embed_tail = self.embed.stream(z.transpose(1, 2), tails[0])
+        new = [embed_tail]
+        for block, tail in zip(self.blocks, tails[1:-1], strict=True):
+            h, tail = block.stream_tc(h, tail)
+            new.append(tail)
         h = torch.addcmul(self.bn_shift, h, self.bn_scale)
-        h = F.prelu(self.head1(h), self.prelu)
+        h, head_tail = self.head1.stream(h, tails[-1])
+        new.append(head_tail)
+        h = F.prelu(h, self.prelu)
         if self.head2.device.type == "cpu":
             out = onednn.linear(h, self.head2, None)
         else:
             out = F.linear(h, self.head2)
-        return out.flatten(1)
+        return out.flatten(1), DecoderState(new)
+
+
+@dataclass(frozen=True, eq=False)
+class DecoderState:
+    """What a streamed decode carries between pieces: each causal convolution's last input
+    frames (its receptive field), in call order."""
+
+    tails: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tails)
+
+
+def streaming_decoder(decoder: Decoder) -> ChannelsLastDecoder | None:
+    """The prepared forward of `decoder`, which can decode in pieces (`stream`), or None
+    when the decoder runs its paper form."""
+    forward = decoder.__dict__.get("forward")
+    return forward if isinstance(forward, ChannelsLastDecoder) else None
 
 
 def install(model: nn.Module, precision: Precision = FP32) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from supertonic_grpc import backends
+from supertonic_grpc.backends import convnext
 from supertonic_grpc.backends.attention import same_objects
 from supertonic_grpc.backends.gpu import seeded_noise, split_on_oom, to_device, to_host
 from supertonic_grpc.engine.device import pick_device
@@ -122,10 +123,15 @@ class Engine:
         self.last_batch = BatchStats()
         # The last flow step's batch and its conditions (`_step_conditions`).
         self._conditions: tuple[tuple[Flight, ...], int, _Conditions] | None = None
-        # Latent frames of left context that make a vocoded piece exact: the vocoder is
-        # causal, and this is its receptive field (in latent frames, rounded up).
+        # On CPU the prepared decoder carries each flight's convolution tails from piece to
+        # piece, so a piece decodes only its own frames. Otherwise (GPU: batched, fixed
+        # shapes for CUDA graphs) each piece re-decodes `vocoder_context` latent frames
+        # before it, the vocoder's receptive field (rounded up), which makes it exact too.
+        self._streaming = (
+            convnext.streaming_decoder(model.vocoder.decoder) if self.device.type == "cpu" else None
+        )
         reach = sum(m.pad for m in model.vocoder.modules() if isinstance(m, CausalConv))
-        self.vocoder_context = -(-reach // cfg.compress_factor)
+        self.vocoder_context = 0 if self._streaming else -(-reach // cfg.compress_factor)
         # Each stage as a callable: the module itself, or its torch.compile'd wrapper.
         stages: tuple[Callable[..., torch.Tensor], ...] = (
             model.text_encoder,
@@ -324,17 +330,27 @@ class Engine:
         return conditions
 
     def _vocode_pieces(self, pieces: Sequence[tuple[Flight, int]]) -> list[np.ndarray]:
-        """Each piece is decoded from `vocoder_context` frames before it, so it equals the
-        same samples of the whole chunk decoded at once (the vocoder is causal)."""
+        """Each piece equals the same samples of the whole chunk decoded at once (the
+        vocoder is causal): streamed from the flight's decoder state, or decoded from
+        `vocoder_context` frames before it."""
         windows = []
         for flight, frames in pieces:
             start = flight.vocoded_frames
             end = min(flight.frames, start + frames)
             lo = max(0, start - self.vocoder_context)
             windows.append((flight, lo, start, end))
-        if self.device.type == "cpu":
-            # On CPU the wide vocoder layers run faster item by item (cache-sized
-            # activations), and no time goes into padded frames.
+        states: list[convnext.DecoderState | None] = []
+        if self._streaming is not None:
+            # Item by item: the wide vocoder layers run faster on cache-sized activations,
+            # and no time goes into padded frames. The states are kept only once every
+            # piece is decoded, so a failed call leaves every flight as it was.
+            wavs = []
+            for f, _, start, end in windows:
+                z = self.model.vocoder.decompress(f.latent[:, :, start:end])
+                wav, state = self._streaming.stream(z, f.vocoder_state)
+                wavs.append(wav[0])
+                states.append(None if end >= f.frames else state)
+        elif self.device.type == "cpu":
             wavs = [self._vocoder(f.latent[:, :, lo:end])[0] for f, lo, _, end in windows]
         else:
             # Right padding never reaches earlier samples of a causal decoder.
@@ -356,6 +372,8 @@ class Engine:
             if start == 0 and f.lead_samples:
                 out[i] = np.concatenate([np.zeros(f.lead_samples, np.float32), out[i]])
             f.vocoded_frames = end
+            if states:
+                f.vocoder_state = states[i]
         return out
 
     def warmup(

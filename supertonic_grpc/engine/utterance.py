@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,6 +81,8 @@ class Flight:
     step: int = 0
     vocoded_frames: int = 0
     lead_samples: int = 0  # silence put before the first piece (not in `samples`)
+    # The streamed vocoder's state after `vocoded_frames` (the engine's; None when unused).
+    vocoder_state: Any = field(default=None, repr=False)
 
     @property
     def denoised(self) -> bool:

@@ -79,11 +79,15 @@ class Vocoder(nn.Module):
         self.normalizer = Normalizer()
         self.decoder = Decoder(cfg)
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        """latent: [B, 144, L] -> waveform [B, L * 3072]"""
+    def decompress(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent: [B, 144, L] -> the decoder's input z: [B, 24, L * 6]. Frame by frame, so a
+        span of latent frames gives the same span of decoder frames."""
         b, _, length = latent.shape
         z = latent / self.normalizer.scale
         z = z.view(b, self.latent_dim, self.factor, length).transpose(2, 3)
         z = z.reshape(b, self.latent_dim, length * self.factor)
-        z = z * self.latent_std + self.latent_mean
-        return self.decoder(z)
+        return z * self.latent_std + self.latent_mean
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent: [B, 144, L] -> waveform [B, L * 3072]"""
+        return self.decoder(self.decompress(latent))
