@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from loadtest import ticks
@@ -60,6 +61,20 @@ def test_later_pieces_are_short_and_only_the_due_ones_while_a_first_chunk_waits(
     assert p.vocode_set(pair, 0.0, high_work=False) == [(due, 100), (later, 100)]
     # A first chunk is waiting: only the due piece, and a short one.
     assert p.vocode_set(pair, 0.0, high_work=True) == [(due, 40)]
+
+
+def test_a_piece_yields_a_tick_when_its_slack_covers_the_newcomers_and_its_decode() -> None:
+    p = policy()
+    newcomer = running(9, HIGH, 0.0, frames=30, steps_left=2)
+    # Two steps of 32 frames (the floor) and the 10-frame first piece: 0.042 s.
+    ahead = p.newcomers_left_s([newcomer], [])
+    assert ahead == pytest.approx(2 * 0.016 + 0.010)
+    # 40 frames and 20 of context decode in 0.06 s; with the margin, 0.502 s is needed.
+    piece = running(1, NORMAL, 0.53, frames=100, steps_left=0)
+    assert p.piece_can_yield(piece, 40, [piece], now=0.0, ahead_s=ahead)
+    assert not p.piece_can_yield(piece, 40, [piece], now=0.03, ahead_s=ahead)
+    # Planning is stricter: a piece this close to due is decoded while newcomers wait.
+    assert not p.piece_can_wait(piece, 40, [piece], now=0.0)
 
 
 def test_an_urgent_later_chunk_waits_for_a_newcomer_when_its_slack_covers_it() -> None:
@@ -125,11 +140,11 @@ def test_a_first_piece_goes_out_before_the_urgent_later_chunks_step() -> None:
     assert tick.first_pieces == ((2, t0 + 0.030),)
 
 
-def test_the_piece_after_a_first_piece_is_short_only_to_let_a_much_cheaper_newcomer_in() -> None:
-    def second_piece(other_tokens: int | None) -> int:
+def test_the_piece_after_a_first_piece_waits_a_tick_only_for_a_newcomer_nearly_out() -> None:
+    def schedule(other_tokens: int | None) -> tuple[list[int], list[tuple]]:
         clock = FakeClock()
         engine = FakeEngine(clock)
-        # A 0.5 s first piece: what follows it is due before any newcomer could go first.
+        # A 0.5 s first piece, so what follows it has little slack.
         s = started(Scheduler(engine, clock=clock, limits=Limits(first_piece_frames=5)))
         out: list = []
         s.submit(job(Ticket(1), HIGH, clock.now, out, tokens=200, steps=2))  # 400 frame-steps
@@ -137,14 +152,21 @@ def test_the_piece_after_a_first_piece_is_short_only_to_let_a_much_cheaper_newco
         if other_tokens is not None:  # arrives during the chunk's last step
             other = job(Ticket(2), HIGH, clock.now, [], tokens=other_tokens, steps=2)
             engine.during_step = lambda: s.submit(other)
-        s.step(block=False)
-        pieces = results(out)
-        assert len(pieces[0].synthesized.audio) == 50  # the 5-frame first piece
-        return len(pieces[1].synthesized.audio) // 10
+        ticks = []
+        while (tick := s.step(block=False)) is not None:
+            ticks.append((tick.stepped, tick.vocoded))
+        return [len(p.synthesized.audio) // 10 for p in results(out)], ticks
 
-    assert second_piece(None) == 120
-    assert second_piece(other_tokens=20) == 40  # 40 frame-steps: under a quarter
-    assert second_piece(other_tokens=150) == 120  # comparable: no extra vocoder context
+    sizes, ticks = schedule(None)
+    assert sizes == [5, 120, 75] and ticks[0] == (((1, 0, 1),), ((1, 0, 0), (1, 0, 1)))
+    # A much cheaper newcomer (40 frame-steps, under a quarter): the first piece goes out
+    # alone and what follows waits one tick, then comes short while the newcomer steps.
+    sizes, ticks = schedule(other_tokens=20)
+    assert ticks[0] == (((1, 0, 1),), ((1, 0, 0),))
+    assert ticks[1] == (((2, 0, 0),), ((1, 0, 1),)) and sizes[:2] == [5, 40]
+    # A comparable one (300 frame-steps): the slack does not cover its work; as usual.
+    sizes, ticks = schedule(other_tokens=150)
+    assert sizes == [5, 120, 75] and ticks[0] == (((1, 0, 1),), ((1, 0, 0), (1, 0, 1)))
 
 
 def test_every_tick_is_traced_and_a_first_chunks_path_is_read_back(tmp_path) -> None:

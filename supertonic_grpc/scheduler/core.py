@@ -296,13 +296,17 @@ class Scheduler:
         pieces = [p for p in pieces if p[0] not in early]  # their follow-up comes below
         firsts = early + [r for r, _ in pieces if r.high]
         vocoded += self._vocode(pieces, errors)
-        # A first piece plays for only ~0.7 s: decode what follows it right after it is out
-        # (a short one when it would hold up a much cheaper newcomer: see follow_frames).
+        # A first piece plays for only ~0.7 s: decode what follows it right after it is out,
+        # unless it can wait for the other newcomers' first pieces (see follow_set).
         # Newcomers still without first audio: queued, or admitted and stepping.
         newcomers = [e[2] for e in list(self._high)] + [r.job for r in self._running if r.high]
-        follow = [
-            (r, self.policy.follow_frames(r, newcomers)) for r in firsts if r in self._running
-        ]
+        follow = self.policy.follow_set(
+            [r for r in firsts if r in self._running],
+            newcomers,
+            self._running,
+            self.clock(),
+            self._newcomers_left_s(),
+        )
         vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
@@ -354,12 +358,17 @@ class Scheduler:
         for r, frames in (p for p in pieces if not p[0].high):
             if r not in self._running:
                 continue
-            if self._newcomer_waiting() and self.policy.piece_can_wait(
+            if self._newcomer_waiting() and self.policy.piece_can_yield(
                 r, frames, self._running, self.clock()
             ):
                 continue
             done += self.stages.vocode([(r, frames)], errors)
         return done
+
+    def _newcomers_left_s(self) -> float:
+        """Engine time until the newcomers queued or in flight have their first pieces
+        out (the queue read without the lock, as in `_newcomer_waiting`)."""
+        return self.policy.newcomers_left_s(self._running, [e[2] for e in list(self._high)])
 
     def _contended(self) -> bool:
         """First chunks are queued or in flight without their first piece."""

@@ -27,7 +27,9 @@ Rules, in order:
   pad its step until first chunks have had `high_burst_s`, and one of a costly stream (50
   steps against 5) not at all, but for one step each `high_burst_s` of engine time it waited;
   while first chunks are queued or in flight, later pieces are decoded only when due, and
-  short; the piece after a first piece is short only for a much cheaper newcomer.
+  short; the piece after a first piece is short only for a much cheaper newcomer, and
+  waits a tick when other newcomers' first pieces are out before it is due; a piece planned
+  before a newcomer arrived mid-tick yields it that tick when its slack allows.
 """
 
 from __future__ import annotations
@@ -380,6 +382,65 @@ class Policy:
             slack
             > 3 * self.cost.vocode_s(frames + self.context_frames) + 2 * self.limits.urgent_margin_s
         )
+
+    def newcomers_left_s(self, running: Sequence[Running], queued: Sequence[Job]) -> float:
+        """Engine time until every newcomer (first chunk in flight or queued without its
+        first piece) has its first piece out, if they step together from here."""
+        high = [r for r in running if r.high]
+        if not high and not queued:
+            return 0.0
+        frames = [r.flight.frames for r in high]
+        frames += [int(FRAMES_PER_TOKEN * len(j.utterance.token_ids)) for j in queued]
+        steps = [r.flight.steps_left for r in high] + [j.utterance.steps for j in queued]
+        rows = len(frames)
+        tokens = sum(len(j.utterance.token_ids) for j in queued)
+        return (
+            max(steps) * self.cost.step_s(rows, max(frames))
+            + rows * self.cost.vocode_s(self.limits.first_piece_frames)
+            + tokens * self.cost.admit_s_per_token
+        )
+
+    def follow_set(
+        self,
+        firsts: Sequence[Running],
+        newcomers: Sequence[Job],
+        running: Sequence[Running],
+        now: float,
+        ahead_s: float,
+    ) -> list[tuple[Running, int]]:
+        """The pieces decoded right after first pieces (which play ~0.7 s): each one's
+        `follow_frames`, except that one whose slack covers the other newcomers' engine
+        time until their first pieces (`ahead_s`), its own decode and the margin is left
+        for the next tick. Two newcomers who finish together, or one who arrived during
+        the tick, then wait for a first piece, not for the other's whole chunk. It waits one
+        tick at most: then `vocode_set` finds it due, unless it has far more slack."""
+        out = []
+        for r in firsts:
+            frames = self.follow_frames(r, newcomers)
+            others = any(j is not r.job for j in newcomers)
+            if (
+                others
+                and not self.limits.mix
+                and self.piece_can_yield(r, frames, running, now, ahead_s)
+            ):
+                continue
+            out.append((r, frames))
+        return out
+
+    def piece_can_yield(
+        self,
+        r: Running,
+        frames: int,
+        running: Sequence[Running],
+        now: float,
+        ahead_s: float = 0.0,
+    ) -> bool:
+        """Whether a piece about to be decoded can be left out of this tick for newcomers:
+        its slack covers `ahead_s` of their engine time, its own decode and the margin
+        (the next tick, jitter). For one tick only: in the next, `vocode_set` plans it."""
+        slack = self.deadline(r.job, running) - now
+        need = ahead_s + self.cost.vocode_s(frames + self.context_frames)
+        return slack > need + self.limits.urgent_margin_s
 
     def follow_frames(self, r: Running, waiting: Sequence[Job]) -> int:
         """The piece decoded right after a first piece (which plays ~0.7 s): the usual
