@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,10 +20,10 @@ from supertonic_grpc.playback import PlaybackClock
 from supertonic_grpc.scheduler import Job, JobResult, Limits, Priority, Scheduler, Ticket
 from supertonic_grpc.settings import Settings
 from supertonic_grpc.text.chunker import split_text
-from supertonic_grpc.validation import fitting_chunk_chars
+from supertonic_grpc.validation import default_first_chunk_chars, fitting_chunk_chars
 from supertonic_grpc.voices import demo_voice
 
-SAMPLE_RATE, FRAME_SAMPLES, CONTEXT_FRAMES = 44100, 3072, 20
+SAMPLE_RATE, FRAME_SAMPLES = 44100, 3072
 CHARS_PER_SECOND = 15.0  # demo pacing
 LOOP_HOP_S = 0.005  # scheduler thread -> event loop -> the client's first message
 _EMPTY = torch.zeros(1)
@@ -41,14 +42,17 @@ class Costs:
 
 
 # Fitted to the quiet 2-core Xeon, fp32, 5 steps: T1 0.171 s (34 characters, first piece
-# only), batch 1 of ~100 characters 0.33 s, batch 8 1.72 s (RTF 20 and 31).
-QUIET_2CORE = Costs(0.012, 5e-5, 0.022, 1.64e-4, 0.002, 1.14e-3)
+# only), batch 1 of ~100 characters 0.33 s, batch 8 1.72 s (RTF 20 and 31). A vocoded piece
+# costs ~7.5 ms whatever its length (the vocoder's ~100 MB of weights read once a call),
+# then ~1 ms a frame: 19 ms for 10 frames, 130 ms for 120.
+QUIET_2CORE = Costs(0.012, 5e-5, 0.022, 1.64e-4, 0.0075, 1.02e-3)
 
 
 class CostEngine:
     """The engine's step API, at the cost of `costs` on `clock`; audio is silence."""
 
-    sample_rate, frame_samples, vocoder_context = SAMPLE_RATE, FRAME_SAMPLES, CONTEXT_FRAMES
+    # As the CPU engine does, pieces are decoded from a carried state: no left context.
+    sample_rate, frame_samples, vocoder_context = SAMPLE_RATE, FRAME_SAMPLES, 0
 
     def __init__(self, clock: SimClock, costs: Costs) -> None:
         self.clock, self.costs = clock, costs
@@ -76,9 +80,8 @@ class CostEngine:
         out = []
         for f, n in pieces:  # item by item, as on CPU
             start, end = f.vocoded_frames, min(f.frames, f.vocoded_frames + n)
-            lo = max(0, start - CONTEXT_FRAMES)
             c = self.costs
-            self.clock.advance(c.vocode_s + c.vocode_per_frame_s * (end - lo))
+            self.clock.advance(c.vocode_s + c.vocode_per_frame_s * (end - start))
             stop = min(f.samples, end * FRAME_SAMPLES)
             samples = max(0, stop - start * FRAME_SAMPLES)
             if start == 0:
@@ -173,7 +176,8 @@ class Simulation:
         (default now: an arrival is seen at the end of the engine call it came during)."""
         s = self.settings
         longest = min(s.max_chunk_chars, fitting_chunk_chars(text.language, speed))
-        chunks = [c.text for c in split_text(text.text, longest, s.first_chunk_chars)]
+        first_chars = min(longest, default_first_chunk_chars(text.language, s))
+        chunks = [c.text for c in split_text(text.text, longest, first_chars)]
         arrived = self.clock.now if at is None else at
         stream = SimStream(text, arrived, chunks)
         ticket = Ticket(next(self._ids))
@@ -192,7 +196,8 @@ class Simulation:
                 first = self.scheduler.expected_first_audio_s()
                 deadline = now + first + sum(estimates[:k])
             utt = Utterance(
-                token_ids=[1] * (len(chunks[k]) + 2),
+                # The tokenizer's units: decomposed code points (a Hangul syllable is 2-3).
+                token_ids=[1] * (len(unicodedata.normalize("NFKD", chunks[k])) + 2),
                 voice=self.voice,
                 speed=speed,
                 steps=steps,
