@@ -131,6 +131,7 @@ def test_a_streamed_decode_in_pieces_equals_the_paper_form_decoded_whole(
     # What a flight carries between pieces: each convolution's receptive field, no more.
     reach = [6, *(6 * d for d in bundle.config.vocoder.convnext.dilations), 2]
     assert [t.shape[1] for t in state.tails] == reach
+    assert state.nbytes == (6 * 24 + sum(reach[1:]) * 512) * 4  # ~0.24 MB a flight
     assert convnext.streaming_decoder(decoder) is None  # the paper form does not stream
 
 
