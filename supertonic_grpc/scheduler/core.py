@@ -299,13 +299,14 @@ class Scheduler:
         # A first piece plays for only ~0.7 s: decode what follows it right after it is out,
         # unless it can wait for the other newcomers' first pieces (see follow_set).
         # Newcomers still without first audio: queued, or admitted and stepping.
-        newcomers = [e[2] for e in list(self._high)] + [r.job for r in self._running if r.high]
+        queued = [e[2] for e in list(self._high)]  # read without the lock, as _newcomer_waiting
+        newcomers = queued + [r.job for r in self._running if r.high]
         follow = self.policy.follow_set(
             [r for r in firsts if r in self._running],
             newcomers,
             self._running,
             self.clock(),
-            self._newcomers_left_s(),
+            self.policy.newcomers_left_s(self._running, queued),
         )
         vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
@@ -364,11 +365,6 @@ class Scheduler:
                 continue
             done += self.stages.vocode([(r, frames)], errors)
         return done
-
-    def _newcomers_left_s(self) -> float:
-        """Engine time until the newcomers queued or in flight have their first pieces
-        out (the queue read without the lock, as in `_newcomer_waiting`)."""
-        return self.policy.newcomers_left_s(self._running, [e[2] for e in list(self._high)])
 
     def _contended(self) -> bool:
         """First chunks are queued or in flight without their first piece."""

@@ -209,7 +209,7 @@ class Policy:
         self, job: Job, running: Sequence[Running], now: float
     ) -> tuple[Urgency, float, int]:
         """A queued later chunk's rank; its frames are estimated from its tokens."""
-        frames = int(FRAMES_PER_TOKEN * len(job.utterance.token_ids))
+        frames = _estimated_frames(job)
         need = job.utterance.steps * self.cost.step_s(1, frames) + self.cost.vocode_s(
             min(frames, self.limits.piece_frames) + self.context_frames
         )
@@ -308,8 +308,13 @@ class Policy:
             return 0.0
         frames = max(r.flight.frames for r in group)
         steps = max(r.flight.steps_left for r in group)
+        return self._first_pieces_s(len(group), frames, steps)
+
+    def _first_pieces_s(self, rows: int, frames: int, steps: int) -> float:
+        """`steps` flow steps of `rows` first chunks together (the longest `frames` long),
+        then each one's first piece."""
         first = self.limits.first_piece_frames
-        return steps * self.cost.step_s(len(group), frames) + len(group) * self.cost.vocode_s(first)
+        return steps * self.cost.step_s(rows, frames) + rows * self.cost.vocode_s(first)
 
     def _can_wait(self, r: Running, ahead_s: float, running: Sequence[Running], now: float) -> bool:
         """Whether a later chunk still makes its deadline, with the margin, after `ahead_s`
@@ -389,16 +394,11 @@ class Policy:
         high = [r for r in running if r.high]
         if not high and not queued:
             return 0.0
-        frames = [r.flight.frames for r in high]
-        frames += [int(FRAMES_PER_TOKEN * len(j.utterance.token_ids)) for j in queued]
+        frames = [r.flight.frames for r in high] + [_estimated_frames(j) for j in queued]
         steps = [r.flight.steps_left for r in high] + [j.utterance.steps for j in queued]
-        rows = len(frames)
         tokens = sum(len(j.utterance.token_ids) for j in queued)
-        return (
-            max(steps) * self.cost.step_s(rows, max(frames))
-            + rows * self.cost.vocode_s(self.limits.first_piece_frames)
-            + tokens * self.cost.admit_s_per_token
-        )
+        admission = tokens * self.cost.admit_s_per_token
+        return self._first_pieces_s(len(frames), max(frames), max(steps)) + admission
 
     def follow_set(
         self,
@@ -451,12 +451,15 @@ class Policy:
         if self.limits.mix or not waiting:
             return self.limits.piece_frames
         mine = r.job.utterance.steps * r.flight.frames
-        least = min(
-            j.utterance.steps * FRAMES_PER_TOKEN * len(j.utterance.token_ids) for j in waiting
-        )
+        least = min(j.utterance.steps * _estimated_frames(j) for j in waiting)
         if mine > self.limits.expensive_ratio * least:
             return self.limits.contended_piece_frames
         return self.limits.piece_frames
+
+
+def _estimated_frames(job: Job) -> int:
+    """A queued chunk's latent frames, from its tokens (its duration is not known yet)."""
+    return int(FRAMES_PER_TOKEN * len(job.utterance.token_ids))
 
 
 def _fair_order(items: Sequence[_E], ticket_of: Callable[[_E], Ticket], busy: set[int]) -> list[_E]:
