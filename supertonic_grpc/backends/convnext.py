@@ -278,7 +278,7 @@ class DecoderState:
 def streaming_decoder(decoder: Decoder) -> ChannelsLastDecoder | None:
     """The prepared forward of `decoder`, which can decode in pieces (`stream`), or None
     when the decoder runs its paper form."""
-    forward = decoder.__dict__.get("forward")
+    forward = forwards.installed(decoder)
     return forward if isinstance(forward, ChannelsLastDecoder) else None
 
 
@@ -314,4 +314,6 @@ def restore(model: nn.Module) -> None:
 
 
 def is_prepared(model: nn.Module) -> bool:
-    return any(isinstance(m, _PREPARED) and "forward" in m.__dict__ for m in model.modules())
+    return any(
+        isinstance(m, _PREPARED) and forwards.installed(m) is not None for m in model.modules()
+    )

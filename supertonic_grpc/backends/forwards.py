@@ -25,8 +25,13 @@ def install(model: nn.Module, prepared: Mapping[type[nn.Module], Callable[[Any],
     return count
 
 
+def installed(module: nn.Module) -> object | None:
+    """The forward `install` gave `module`, or None when it runs its class's."""
+    return module.__dict__.get("forward")
+
+
 def restore(model: nn.Module, types: tuple[type[nn.Module], ...]) -> None:
     """Every module of `model` of one of `types` runs its class's forward again."""
     for module in model.modules():
-        if isinstance(module, types) and "forward" in module.__dict__:
+        if isinstance(module, types) and installed(module) is not None:
             del module.__dict__["forward"]
