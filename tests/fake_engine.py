@@ -26,9 +26,9 @@ class FakeClock:
 class FakeEngine:
     """One latent frame per token, 10 samples per frame at 100 Hz (a frame is 0.1 s).
 
-    Each call advances the fake clock: `step_cost` per padded frame of a flow step,
-    `vocode_cost` per vocoded frame, `admit_cost` per call. `fail` names a stage whose
-    `fail_on`-th call raises; `short` names a stage that returns one result too few.
+    Each call advances the fake clock: `step_fixed` plus `step_cost` per padded frame of a
+    flow step, `vocode_cost` per vocoded frame, `admit_cost` per call. `fail` names a stage
+    whose `fail_on`-th call raises; `short` names a stage that returns one result too few.
     """
 
     sample_rate = 100
@@ -39,6 +39,7 @@ class FakeEngine:
         clock: FakeClock | None = None,
         *,
         step_cost: float = 0.0,
+        step_fixed: float = 0.0,
         vocode_cost: float = 0.0,
         admit_cost: float = 0.0,
         fail: str = "",
@@ -47,6 +48,7 @@ class FakeEngine:
     ) -> None:
         self.clock = clock
         self.step_cost, self.vocode_cost, self.admit_cost = step_cost, vocode_cost, admit_cost
+        self.step_fixed = step_fixed
         self.fail, self.fail_on, self.short = fail, fail_on, short
         self.calls: dict[str, int] = {"admit": 0, "step": 0, "vocode": 0}
         self.steps: list[list[Flight]] = []
@@ -73,7 +75,7 @@ class FakeEngine:
         if self.during_step is not None:
             hook, self.during_step = self.during_step, None
             hook()
-        self._tick("step", self.step_cost * padded)
+        self._tick("step", self.step_fixed + self.step_cost * padded)
         self.steps.append(list(flights))
         for f in flights[:-1] if self.short == "step" else flights:
             f.step += 1

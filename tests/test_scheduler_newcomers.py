@@ -13,6 +13,7 @@ import torch
 from loadtest import ticks
 from supertonic_grpc.engine import Flight
 from supertonic_grpc.scheduler import (
+    Affine,
     CostModel,
     JobResult,
     Limits,
@@ -60,7 +61,7 @@ def test_later_pieces_are_short_and_only_the_due_ones_while_a_first_chunk_waits(
     # within the tick's vocoding budget.
     assert p.vocode_set(pair, 0.0, high_work=False) == [(due, 100), (later, 100)]
     # A first chunk is waiting: only the due piece, and a short one.
-    assert p.vocode_set(pair, 0.0, high_work=True) == [(due, 40)]
+    assert p.vocode_set(pair, 0.0, high_work=True) == [(due, 20)]
 
 
 def test_a_piece_yields_a_tick_when_its_slack_covers_the_newcomers_and_its_decode() -> None:
@@ -75,6 +76,10 @@ def test_a_piece_yields_a_tick_when_its_slack_covers_the_newcomers_and_its_decod
     assert not p.piece_can_yield(piece, 40, [piece], now=0.03, ahead_s=ahead)
     # Planning is stricter: a piece this close to due is decoded while newcomers wait.
     assert not p.piece_can_wait(piece, 40, [piece], now=0.0)
+    # ...unless its slack covers the newcomers' remaining work as well: then it is left for
+    # after their first pieces. A 20-frame piece (contended) needs 0.042 + 0.04 + 0.4 s.
+    assert p.vocode_set([piece], 0.0, high_work=True, ahead_s=ahead) == []
+    assert p.vocode_set([piece], 0.06, high_work=True, ahead_s=ahead) == [(piece, 20)]
 
 
 def test_an_urgent_later_chunk_waits_for_a_newcomer_when_its_slack_covers_it() -> None:
@@ -140,7 +145,7 @@ def test_a_first_piece_goes_out_before_the_urgent_later_chunks_step() -> None:
     assert tick.first_pieces == ((2, t0 + 0.030),)
 
 
-def test_the_piece_after_a_first_piece_waits_a_tick_only_for_a_newcomer_nearly_out() -> None:
+def test_the_piece_after_a_first_piece_waits_for_a_much_cheaper_newcomers_first_audio() -> None:
     def schedule(other_tokens: int | None) -> tuple[list[int], list[tuple]]:
         clock = FakeClock()
         engine = FakeEngine(clock)
@@ -160,10 +165,12 @@ def test_the_piece_after_a_first_piece_waits_a_tick_only_for_a_newcomer_nearly_o
     sizes, ticks = schedule(None)
     assert sizes == [5, 120, 75] and ticks[0] == (((1, 0, 1),), ((1, 0, 0), (1, 0, 1)))
     # A much cheaper newcomer (40 frame-steps, under a quarter): the first piece goes out
-    # alone and what follows waits one tick, then comes short while the newcomer steps.
+    # alone, and what follows waits while its slack covers the newcomer's remaining work:
+    # it is decoded right after the newcomer's first piece.
     sizes, ticks = schedule(other_tokens=20)
     assert ticks[0] == (((1, 0, 1),), ((1, 0, 0),))
-    assert ticks[1] == (((2, 0, 0),), ((1, 0, 1),)) and sizes[:2] == [5, 40]
+    assert ticks[1] == (((2, 0, 0),), ())
+    assert ticks[2] == (((2, 0, 1),), ((2, 0, 0), (1, 0, 1), (2, 0, 1)))
     # A comparable one (300 frame-steps): the slack does not cover its work; as usual.
     sizes, ticks = schedule(other_tokens=150)
     assert sizes == [5, 120, 75] and ticks[0] == (((1, 0, 1),), ((1, 0, 0), (1, 0, 1)))
@@ -218,3 +225,49 @@ def test_a_short_newcomer_does_not_share_its_step_with_a_50_step_first_chunk() -
 
 def ids(groups: list[list[Running]]) -> list[list[int]]:
     return [sorted(r.ticket.request_id for r in g) for g in groups]
+
+
+def cpu_like() -> CostModel:
+    """The 2-core CPU's shape: 17 ms a call, 0.24 ms a padded frame."""
+    return CostModel(step=Affine(0.017, 2.4e-4))
+
+
+def test_later_chunks_of_very_different_lengths_step_in_calls_of_their_own() -> None:
+    p = Policy(Limits(), cpu_like(), sample_rate=100, frame_samples=10)
+    short = running(1, NORMAL, 60.0, frames=55, steps_left=3)
+    long_ = running(2, NORMAL, 60.0, frames=183, steps_left=3)
+    near = running(3, NORMAL, 60.0, frames=170, steps_left=3)
+    # Padding 55 frames to 183 would cost 128 x 0.24 ms = 31 ms; another call costs 20 ms.
+    # Calls in deadline order of their first members (here: by request, all alike).
+    assert ids(p.step_groups([short, long_], now=0.0, high_run_s=0.0)[0]) == [[1], [2]]
+    # 13 frames of padding cost less than a call: one call.
+    assert ids(p.step_groups([long_, near], now=0.0, high_run_s=0.0)[0]) == [[2, 3]]
+    assert ids(p.step_groups([short, long_, near], now=0.0, high_run_s=0.0)[0]) == [[1], [2, 3]]
+    # A cost model with no fixed part learned (the prior) cannot price a call: one call.
+    assert ids(policy().step_groups([short, long_], now=0.0, high_run_s=0.0)[0]) == [[1, 2]]
+    # On a GPU extra rows are nearly free: one call, whatever the lengths.
+    gpu = Policy(Limits(mix=True), cpu_like(), sample_rate=100, frame_samples=10)
+    assert ids(gpu.step_groups([short, long_], now=0.0, high_run_s=0.0)[0]) == [[1, 2]]
+
+
+def test_a_newcomer_arriving_mid_tick_goes_before_the_ticks_later_calls_that_can_wait() -> None:
+    def schedule(deadline_2: float) -> list[tuple]:
+        clock = FakeClock()
+        engine = FakeEngine(clock, step_cost=2.4e-4, step_fixed=0.017)
+        s = started(Scheduler(engine, clock=clock))
+        s.cost.step = Affine(0.017, 2.4e-4)  # as learned on a CPU: calls by length
+        out: list = []
+        s.submit(job(Ticket(1), NORMAL, clock.now + 60, out, tokens=55, steps=3, index=1))
+        s.submit(job(Ticket(2), NORMAL, clock.now + deadline_2, out, tokens=183, steps=3, index=1))
+        engine.during_step = lambda: s.submit(job(Ticket(9), HIGH, clock.now, out, tokens=30))
+        return [s.step(block=False).stepped for _ in range(2)]
+
+    # The newcomer arrives during the first call (chunk 1's, 30 ms). Chunk 2's call (61 ms)
+    # has a minute of slack and waits: the newcomer is admitted 30 ms after it arrived,
+    # not 91 ms.
+    first, second = schedule(deadline_2=60.0)
+    assert first == ((1, 1, 0),)
+    assert second[0] == (9, 0, 0)
+    # A call whose listener is about to run dry runs all the same.
+    first, _ = schedule(deadline_2=0.5)
+    assert first == ((1, 1, 0), (2, 1, 0))

@@ -278,8 +278,17 @@ class Scheduler:
         stepped: tuple[tuple[int, int, int], ...] = ()
         vocoded: tuple[tuple[int, int, int], ...] = ()
         early: list[Running] = []
+        stepped_now: set[Running] = set()
         for group in groups:
+            if self._newcomer_waiting() and self.policy.step_can_yield(
+                group,
+                self._running,
+                self.clock(),
+                self.policy.newcomers_left_s(self._running, self._high_jobs()),
+            ):
+                continue  # a newcomer arrived during this tick: it goes first
             stepped += self.stages.step(group, errors)
+            stepped_now.update(group)
             # A first chunk's first piece goes out as soon as its flow is done, before
             # the later chunks' step of the same tick.
             done = [r for r in group if r.high and r.flight.denoised and r in self._running]
@@ -292,14 +301,20 @@ class Scheduler:
         # tick, or in a tick they yield to later chunks), later pieces are short and only
         # the due ones are decoded.
         contended = self._contended()
-        pieces = self.policy.vocode_set(self._running, now, contended, bool(stepped))
+        pieces = self.policy.vocode_set(
+            self._running,
+            now,
+            contended,
+            bool(stepped),
+            self.policy.newcomers_left_s(self._running, self._high_jobs()),
+        )
         pieces = [p for p in pieces if p[0] not in early]  # their follow-up comes below
         firsts = early + [r for r, _ in pieces if r.high]
         vocoded += self._vocode(pieces, errors)
         # A first piece plays for only ~0.7 s: decode what follows it right after it is out,
         # unless it can wait for the other newcomers' first pieces (see follow_set).
         # Newcomers still without first audio: queued, or admitted and stepping.
-        queued = [e[2] for e in list(self._high)]  # read without the lock, as _newcomer_waiting
+        queued = self._high_jobs()
         newcomers = queued + [r.job for r in self._running if r.high]
         follow = self.policy.follow_set(
             [r for r in firsts if r in self._running],
@@ -311,7 +326,6 @@ class Scheduler:
         vocoded += self._vocode(follow, errors)
         compute = self.clock() - start
         self._high_run_s = self._high_run_s + compute if high_work else 0.0
-        stepped_now = {r for g in groups for r in g}
         for r in self._running:
             r.held_s = 0.0 if r in stepped_now else r.held_s + compute
         with self._cond:
@@ -369,6 +383,10 @@ class Scheduler:
     def _contended(self) -> bool:
         """First chunks are queued or in flight without their first piece."""
         return self._newcomer_waiting() or any(r.high for r in self._running)
+
+    def _high_jobs(self) -> list[Job]:
+        """The queued first chunks (read without the lock, as `_newcomer_waiting`)."""
+        return [e[2] for e in list(self._high)]
 
     def _newcomer_waiting(self) -> bool:
         """A first chunk is queued (read without the lock: a stale answer costs one tick)."""

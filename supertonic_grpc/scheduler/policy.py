@@ -49,6 +49,9 @@ _E = TypeVar("_E")
 
 # Latent frames per text token before the duration is known (15 chars/s, 70 ms frames).
 FRAMES_PER_TOKEN = 1.0
+# What one more engine call in a tick costs beyond the cost model's fixed part: the text
+# side of its batch computed again (the attention blocks keep one batch's).
+SPLIT_S = 0.003
 
 
 class Urgency(enum.IntEnum):
@@ -98,7 +101,7 @@ class Limits:
     # While a first chunk is in flight or queued (CPU): later pieces this long, so the
     # newcomer waits for a short decode, not an 8 s one (~2.8 s of audio; costs 20 frames
     # of vocoder context per extra piece, only under contention).
-    contended_piece_frames: int = 40
+    contended_piece_frames: int = 20
     max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
     urgent_margin_s: float = 0.4  # covers the tick in flight (<= ~0.1 s) and jitter
     high_burst_s: float = 0.75
@@ -258,12 +261,53 @@ class Policy:
             rest = self._fill(urgent)
             # A due one that does not fit the newcomers' step takes one of its own.
             due = self._fill([r for r in due if r not in first])
-            groups = [g for g in (first, due, rest) if g]
+            groups = [g for part in (first, due, rest) for g in self.pad_groups(part)]
             return groups, len(rest)
         else:
             order = [r for _, r in normal] if normal else high
         chosen = self._fill(order)
-        return [chosen] if chosen else [], sum(1 for r in chosen if r in urgent)
+        groups = [chosen] if lim.mix else self.pad_groups(chosen)
+        return groups, sum(1 for r in chosen if r in urgent)
+
+    def pad_groups(self, rows: Sequence[Running]) -> list[list[Running]]:
+        """`rows` as the engine calls that step them at the least cost (CPU): split by
+        length where padding shorter latents to a longer one would cost more than another
+        call (its fixed part, and its text side computed again: `SPLIT_S`). A call's rows
+        pay for the longest one, and on a CPU a padded frame costs what a real one does.
+        Several calls are also several points at which a newcomer who arrives mid-tick can
+        go first (see `step_can_yield`). Calls in the order of `rows`' first members."""
+        if len(rows) < 2 or self.cost.step.fixed_s <= 0.0:
+            # Until the cost model has learned a fixed part, it cannot tell what a call costs.
+            return [list(rows)] if rows else []
+        by_len = sorted(rows, key=lambda r: r.flight.frames)
+        n = len(by_len)
+        # best[i]: the cheapest split of the i shortest rows, and where its last call starts.
+        best = [(0.0, 0)] + [(float("inf"), 0)] * n
+        for i in range(1, n + 1):
+            longest = by_len[i - 1].flight.frames
+            for j in range(i):
+                c = best[j][0] + self.cost.step_s(i - j, longest) + SPLIT_S
+                if c < best[i][0]:
+                    best[i] = (c, j)
+        groups: list[list[Running]] = []
+        i = n
+        while i > 0:
+            j = best[i][1]
+            groups.append(by_len[j:i])
+            i = j
+        place = {id(r): k for k, r in enumerate(rows)}
+        for g in groups:
+            g.sort(key=lambda r: place[id(r)])
+        return sorted(groups, key=lambda g: place[id(g[0])])
+
+    def step_can_yield(
+        self, group: Sequence[Running], running: Sequence[Running], now: float, ahead_s: float
+    ) -> bool:
+        """Whether a call of later chunks planned before a newcomer arrived mid-tick can be
+        left out of this tick: each one's slack covers the newcomers' `ahead_s` of engine
+        time, its own remaining work and the margin. For one tick only: the next one plans
+        with the newcomer in view."""
+        return all(not r.high and self._can_wait(r, ahead_s, running, now) for r in group)
 
     def _cheap_first(
         self, high: Sequence[Running], high_run_s: float
@@ -352,7 +396,12 @@ class Policy:
         return lim.first_piece_frames if r.high else lim.piece_frames
 
     def vocode_set(
-        self, running: Sequence[Running], now: float, high_work: bool, stepped: bool = False
+        self,
+        running: Sequence[Running],
+        now: float,
+        high_work: bool,
+        stepped: bool = False,
+        ahead_s: float | None = None,
     ) -> list[tuple[Running, int]]:
         """The next piece of each chunk whose flow is done: a first chunk's first piece
         always; others too when no first chunk is in flight or queued (`high_work`), else
@@ -369,6 +418,13 @@ class Policy:
                 want = min(want, self.limits.contended_piece_frames)
             frames = min(want, r.flight.frames - r.flight.vocoded_frames)
             if contended and not r.high and self.piece_can_wait(r, frames, running, now):
+                continue
+            if (
+                contended
+                and not r.high
+                and ahead_s is not None
+                and self.piece_can_yield(r, frames, running, now, ahead_s)
+            ):
                 continue
             if out and not r.high and budget < frames:
                 continue
