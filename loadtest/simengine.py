@@ -78,10 +78,17 @@ class CostEngine:
 
     def vocode(self, pieces: Sequence[tuple[Flight, int]]) -> list[np.ndarray]:
         out = []
-        for f, n in pieces:  # item by item, as on CPU
+        c = self.costs
+        # As on CPU: pieces of one length that all start their chunk, or all continue one,
+        # decode in one call (one fixed cost), the others alone.
+        calls = {
+            (min(f.frames, f.vocoded_frames + n) - f.vocoded_frames, f.vocoded_frames == 0)
+            for f, n in pieces
+        }
+        frames = sum(min(f.frames, f.vocoded_frames + n) - f.vocoded_frames for f, n in pieces)
+        self.clock.advance(c.vocode_s * len(calls) + c.vocode_per_frame_s * frames)
+        for f, n in pieces:
             start, end = f.vocoded_frames, min(f.frames, f.vocoded_frames + n)
-            c = self.costs
-            self.clock.advance(c.vocode_s + c.vocode_per_frame_s * (end - start))
             stop = min(f.samples, end * FRAME_SAMPLES)
             samples = max(0, stop - start * FRAME_SAMPLES)
             if start == 0:

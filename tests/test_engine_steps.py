@@ -138,6 +138,42 @@ def test_on_cpu_a_flight_carries_its_decoder_state_so_no_frame_is_decoded_twice(
     assert a.finished and a.vocoder_state is None  # freed with the last piece
 
 
+def test_pieces_of_one_length_decode_in_one_call_and_equal_each_decoded_alone(
+    engine: Engine, bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    utts = [
+        _utt(bundle, "Two newcomers finish together.", "F1", 1, 4),
+        _utt(bundle, "And both of them want their first audio now.", "M3", 1, 6),
+    ]
+    alone = []
+    for u in utts:
+        (f,) = engine.admit([u])
+        engine.step([f])
+        alone.append(_vocode_in_pieces(engine, f, [10, 10, 1000]))
+    flights = [engine.admit([u])[0] for u in utts]
+    for f in flights:
+        engine.step([f])
+    decoder = engine._streaming
+    assert decoder is not None
+    calls: list[int] = []
+    real = decoder.stream
+
+    def counted(z: torch.Tensor, st: object) -> object:
+        calls.append(z.shape[0])
+        return real(z, st)
+
+    monkeypatch.setattr(decoder, "stream", counted)
+    fa, fb = flights
+    firsts = engine.vocode([(fa, 10), (fb, 10)])  # both start their chunk: one call
+    seconds = engine.vocode([(fa, 10), (fb, 10)])  # both carry a state: one call
+    rests = engine.vocode([(fa, fa.frames), (fb, fb.frames)])  # two lengths: two calls
+    assert fa.frames != fb.frames and calls == [2, 2, 1, 1]
+    for i, f in enumerate(flights):
+        assert f.finished and f.vocoder_state is None
+        pieced = np.concatenate([firsts[i], seconds[i], rests[i]])
+        np.testing.assert_allclose(pieced, alone[i], rtol=0, atol=1e-6)
+
+
 def test_padding_rows_are_masked_not_read(bundle: ModelBundle) -> None:
     """Row buckets pad a step to a fixed batch size; the padded rows change nothing."""
     exact = Engine(bundle.model, device="cpu", demo_pacing=DEMO_CHARS_PER_SECOND)

@@ -341,15 +341,7 @@ class Engine:
             windows.append((flight, lo, start, end))
         states: list[convnext.DecoderState | None] = []
         if self._streaming is not None:
-            # Item by item: the wide vocoder layers run faster on cache-sized activations,
-            # and no time goes into padded frames. The states are kept only once every
-            # piece is decoded, so a failed call leaves every flight as it was.
-            wavs = []
-            for f, _, start, end in windows:
-                z = self.model.vocoder.decompress(f.latent[:, :, start:end])
-                wav, state = self._streaming.stream(z, f.vocoder_state)
-                wavs.append(wav[0])
-                states.append(None if end >= f.frames else state)
+            wavs, states = self._stream_pieces(windows)
         elif self.device.type == "cpu":
             wavs = [self._vocoder(f.latent[:, :, lo:end])[0] for f, lo, _, end in windows]
         else:
@@ -375,6 +367,36 @@ class Engine:
             if states:
                 f.vocoder_state = states[i]
         return out
+
+    def _stream_pieces(
+        self, windows: Sequence[tuple[Flight, int, int, int]]
+    ) -> tuple[list[torch.Tensor], list[convnext.DecoderState | None]]:
+        """Pieces decoded from each flight's carried state (CPU): pieces of one length
+        that all start their chunk, or all carry a state, in one call, so the vocoder's
+        weights are read once (two first pieces: 31 ms together, 40 ms apart); no time goes
+        into padded frames. The states are kept only once every piece is decoded, so a
+        failed call leaves every flight as it was."""
+        assert self._streaming is not None
+        calls: dict[tuple[int, bool], list[int]] = {}
+        for i, (f, _, start, end) in enumerate(windows):
+            calls.setdefault((end - start, f.vocoder_state is None), []).append(i)
+        wavs: list[torch.Tensor] = [torch.empty(0)] * len(windows)
+        states: list[convnext.DecoderState | None] = [None] * len(windows)
+        for (_, fresh), items in calls.items():
+            z = torch.cat(
+                [windows[i][0].latent[:, :, windows[i][2] : windows[i][3]] for i in items]
+            )
+            carried = None
+            if not fresh:
+                tails = [windows[i][0].vocoder_state.tails for i in items]
+                carried = convnext.DecoderState([torch.cat(t) for t in zip(*tails, strict=True)])
+            wav, state = self._streaming.stream(self.model.vocoder.decompress(z), carried)
+            for k, i in enumerate(items):
+                f, end = windows[i][0], windows[i][3]
+                wavs[i] = wav[k]
+                if end < f.frames:
+                    states[i] = convnext.DecoderState([t[k : k + 1].clone() for t in state.tails])
+        return wavs, states
 
     def warmup(
         self,
