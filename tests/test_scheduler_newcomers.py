@@ -61,7 +61,7 @@ def test_later_pieces_are_short_and_only_the_due_ones_while_a_first_chunk_waits(
     # within the tick's vocoding budget.
     assert p.vocode_set(pair, 0.0, high_work=False) == [(due, 100), (later, 100)]
     # A first chunk is waiting: only the due piece, and a short one.
-    assert p.vocode_set(pair, 0.0, high_work=True) == [(due, 20)]
+    assert p.vocode_set(pair, 0.0, high_work=True) == [(due, 40)]
 
 
 def test_a_piece_yields_a_tick_when_its_slack_covers_the_newcomers_and_its_decode() -> None:
@@ -77,9 +77,9 @@ def test_a_piece_yields_a_tick_when_its_slack_covers_the_newcomers_and_its_decod
     # Planning is stricter: a piece this close to due is decoded while newcomers wait.
     assert not p.piece_can_wait(piece, 40, [piece], now=0.0)
     # ...unless its slack covers the newcomers' remaining work as well: then it is left for
-    # after their first pieces. A 20-frame piece (contended) needs 0.042 + 0.04 + 0.4 s.
+    # after their first pieces. A 40-frame piece (contended) needs 0.042 + 0.06 + 0.4 s.
     assert p.vocode_set([piece], 0.0, high_work=True, ahead_s=ahead) == []
-    assert p.vocode_set([piece], 0.06, high_work=True, ahead_s=ahead) == [(piece, 20)]
+    assert p.vocode_set([piece], 0.06, high_work=True, ahead_s=ahead) == [(piece, 40)]
 
 
 def test_an_urgent_later_chunk_waits_for_a_newcomer_when_its_slack_covers_it() -> None:

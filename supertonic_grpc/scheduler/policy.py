@@ -101,7 +101,7 @@ class Limits:
     # While a first chunk is in flight or queued (CPU): later pieces this long, so the
     # newcomer waits for a short decode, not an 8 s one (~2.8 s of audio; costs 20 frames
     # of vocoder context per extra piece, only under contention).
-    contended_piece_frames: int = 20
+    contended_piece_frames: int = 40
     max_vocode_frames: int = 240  # vocoded per tick (beyond first pieces), so ticks stay short
     urgent_margin_s: float = 0.4  # covers the tick in flight (<= ~0.1 s) and jitter
     high_burst_s: float = 0.75
