@@ -29,7 +29,11 @@ Rules, in order:
   while first chunks are queued or in flight, later pieces are decoded only when due, and
   short; the piece after a first piece is short only for a much cheaper newcomer, and
   waits a tick when other newcomers' first pieces are out before it is due; a piece planned
-  before a newcomer arrived mid-tick yields it that tick when its slack allows.
+  before a newcomer arrived mid-tick yields it that tick when its slack allows, and a due
+  piece whose slack covers the newcomers' remaining engine time waits for their first audio.
+- A step's rows go to the engine in the cheapest calls by length (CPU: a padded frame costs
+  what a real one does); a call of later chunks planned before a newcomer arrived mid-tick
+  is left out of that tick when its chunks' slack allows.
 """
 
 from __future__ import annotations
@@ -405,8 +409,9 @@ class Policy:
     ) -> list[tuple[Running, int]]:
         """The next piece of each chunk whose flow is done: a first chunk's first piece
         always; others too when no first chunk is in flight or queued (`high_work`), else
-        only when due soon, and then short ones. A tick that also ran a flow step vocodes
-        half as much, so ticks stay short."""
+        only when due soon, and then short ones; with `ahead_s` (the newcomers' remaining
+        engine time, CPU) a due one whose slack covers it as well waits for their first
+        pieces. A tick that also ran a flow step vocodes half as much, so ticks stay short."""
         out: list[tuple[Running, int]] = []
         budget = self.limits.max_vocode_frames // (2 if stepped else 1)
         contended = high_work and not self.limits.mix
