@@ -79,16 +79,13 @@ class CostEngine:
     def vocode(self, pieces: Sequence[tuple[Flight, int]]) -> list[np.ndarray]:
         out = []
         c = self.costs
+        spans = [(f, f.vocoded_frames, min(f.frames, f.vocoded_frames + n)) for f, n in pieces]
         # As on CPU: pieces of one length that all start their chunk, or all continue one,
         # decode in one call (one fixed cost), the others alone.
-        calls = {
-            (min(f.frames, f.vocoded_frames + n) - f.vocoded_frames, f.vocoded_frames == 0)
-            for f, n in pieces
-        }
-        frames = sum(min(f.frames, f.vocoded_frames + n) - f.vocoded_frames for f, n in pieces)
+        calls = {(end - start, start == 0) for _, start, end in spans}
+        frames = sum(end - start for _, start, end in spans)
         self.clock.advance(c.vocode_s * len(calls) + c.vocode_per_frame_s * frames)
-        for f, n in pieces:
-            start, end = f.vocoded_frames, min(f.frames, f.vocoded_frames + n)
+        for f, start, end in spans:
             stop = min(f.samples, end * FRAME_SAMPLES)
             samples = max(0, stop - start * FRAME_SAMPLES)
             if start == 0:

@@ -383,16 +383,14 @@ class Engine:
         wavs: list[torch.Tensor] = [torch.empty(0)] * len(windows)
         states: list[convnext.DecoderState | None] = [None] * len(windows)
         for (_, fresh), items in calls.items():
-            z = torch.cat(
-                [windows[i][0].latent[:, :, windows[i][2] : windows[i][3]] for i in items]
-            )
+            group = [windows[i] for i in items]
+            z = torch.cat([f.latent[:, :, start:end] for f, _, start, end in group])
             carried = None
             if not fresh:
-                tails = [windows[i][0].vocoder_state.tails for i in items]
+                tails = [f.vocoder_state.tails for f, *_ in group]
                 carried = convnext.DecoderState([torch.cat(t) for t in zip(*tails, strict=True)])
             wav, state = self._streaming.stream(self.model.vocoder.decompress(z), carried)
-            for k, i in enumerate(items):
-                f, end = windows[i][0], windows[i][3]
+            for k, (i, (f, _, _, end)) in enumerate(zip(items, group, strict=True)):
                 wavs[i] = wav[k]
                 if end < f.frames:
                     states[i] = convnext.DecoderState([t[k : k + 1].clone() for t in state.tails])

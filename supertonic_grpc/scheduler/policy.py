@@ -422,13 +422,16 @@ class Policy:
             if contended and not r.high:
                 want = min(want, self.limits.contended_piece_frames)
             frames = min(want, r.flight.frames - r.flight.vocoded_frames)
-            if contended and not r.high and self.piece_can_wait(r, frames, running, now):
-                continue
             if (
                 contended
                 and not r.high
-                and ahead_s is not None
-                and self.piece_can_yield(r, frames, running, now, ahead_s)
+                and (
+                    self.piece_can_wait(r, frames, running, now)
+                    or (
+                        ahead_s is not None
+                        and self.piece_can_yield(r, frames, running, now, ahead_s)
+                    )
+                )
             ):
                 continue
             if out and not r.high and budget < frames:
