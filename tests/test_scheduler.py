@@ -208,7 +208,7 @@ def test_a_hopeless_stream_does_not_take_the_step_from_one_that_can_be_saved() -
     assert first.request_ids == (2,) and first.urgent == 1
 
 
-def test_first_chunk_bursts_yield_to_urgent_later_chunks_after_a_bound() -> None:
+def test_an_urgent_later_chunk_steps_beside_a_flood_of_newcomers() -> None:
     clock = FakeClock()
     limits = Limits(max_batch=1, max_running=8, high_burst_s=0.05)
     s = started(Scheduler(FakeEngine(clock, step_cost=0.001), clock=clock, limits=limits))
@@ -217,9 +217,27 @@ def test_first_chunk_bursts_yield_to_urgent_later_chunks_after_a_bound() -> None
     for rid in range(10, 16):  # a flood of newcomers
         s.submit(job(Ticket(rid), HIGH, clock.now, out, tokens=10, steps=5))
     ticks = [s.step(block=False) for _ in range(12)]
-    stepped = [t.request_ids[0] for t in ticks if t.stepped]
-    assert 1 in stepped  # the running stream got a step within the burst bound
-    assert stepped[0] == 10
+    # Its slack does not cover the newcomers' work, so it takes each step in a call of its
+    # own beside theirs, and the first newcomer is not stopped for it.
+    newcomers = [(10, 0, 1), (10, 0, 2), (10, 0, 3), (10, 0, 4), (11, 0, 0)]
+    assert [t.stepped for t in ticks[1:6]] == [(n, (1, 0, k)) for k, n in enumerate(newcomers)]
+    assert all(t.urgent == 1 for t in ticks[1:6])
+
+
+def test_first_chunk_bursts_yield_to_a_hopeless_stream_after_a_bound() -> None:
+    clock = FakeClock()
+    limits = Limits(max_batch=1, max_running=8, high_burst_s=0.05)
+    s = started(Scheduler(FakeEngine(clock, step_cost=0.01), clock=clock, limits=limits))
+    out: list = []
+    s.submit(job(Ticket(1), NORMAL, clock.now - 5, out, tokens=10, steps=5))  # 5 s behind
+    for rid in range(10, 16):  # a flood of newcomers
+        s.submit(job(Ticket(rid), HIGH, clock.now, out, tokens=10, steps=5))
+    ticks = [s.step(block=False) for _ in range(12)]
+    stepped = [t.request_ids for t in ticks if t.stepped]
+    assert stepped[0] == (10,)
+    # Not beside the newcomers: alone, once first chunks have had `high_burst_s`.
+    assert (1,) in stepped
+    assert all(ids == (1,) or 1 not in ids for ids in stepped)
 
 
 def test_fair_share_takes_one_chunk_per_request_before_a_second() -> None:
@@ -296,7 +314,7 @@ def test_deadlines_follow_the_audio_actually_delivered() -> None:
     s.step(block=False)  # first piece: 1 s of audio handed over now
     nxt = job(t, NORMAL, clock.now + 99, out, tokens=10, index=1)
     # Chunk 0 still owes 2 s after its first piece, so chunk 1 is due in 3 s, not 99.
-    assert s.policy.deadline(nxt, s._running) == pytest.approx(clock.now + 3.0)
+    assert s.policy.deadline(nxt, s._running, clock.now) == pytest.approx(clock.now + 3.0)
 
 
 def test_queue_capacity_refuses_new_work_with_a_retry_hint_but_not_continuations() -> None:
@@ -376,3 +394,19 @@ def test_an_urgent_later_chunk_steps_beside_a_newcomer_in_its_own_call() -> None
     # Both step (neither waits for the other), in two engine calls: no padding 30 to 250.
     assert tick.stepped == ((2, 0, 0), (1, 1, 0)) and tick.urgent == 1
     assert [[f.frames for f in call] for call in engine.steps] == [[30], [250]]
+
+
+def test_a_later_chunk_waits_for_its_own_first_chunk_however_late_that_is() -> None:
+    clock = FakeClock()
+    s = started(Scheduler(FakeEngine(clock, step_cost=0.01), max_batch=8, clock=clock))
+    out: list = []
+    t = Ticket(1)
+    # Chunk 1's deadline was set when first audio was expected in 0.5 s, chunk 0 being
+    # 1 s long; but chunk 0 takes 10 steps of 0.1 s. Playback cannot start before chunk 0's
+    # first piece, so chunk 1 never becomes urgent, and chunk 0 steps alone throughout.
+    s.submit(job(t, HIGH, clock.now, out, tokens=10, steps=10))
+    s.submit(job(t, NORMAL, clock.now + 0.5 + 1.0, out, tokens=10, steps=2, index=1))
+    ticks = run(s)
+    first_piece = next(i for i, tk in enumerate(ticks) if (1, 0, 0) in tk.vocoded)
+    assert [tk.stepped for tk in ticks[: first_piece + 1]] == [((1, 0, k),) for k in range(10)]
+    assert all(tk.urgent == 0 for tk in ticks[: first_piece + 1])
