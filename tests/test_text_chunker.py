@@ -9,6 +9,7 @@ import re
 import pytest
 
 from supertonic_grpc.text import TextChunk, split_text
+from supertonic_grpc.text.chunker import stretch_limit
 
 WORDS = [
     "the", "a", "sound", "of", "rain", "Mr.", "Dr.", "e.g.", "i.e.", "3.14", "1,000", "U.S.",
@@ -45,6 +46,16 @@ def limits(
     return out
 
 
+def ends_a_clause(text: str, chunk: TextChunk) -> bool:
+    """Whether the chunk ends where a sentence or clause does: at the end of the text, a
+    paragraph break, before a dash, or after a terminator (closing quotes aside)."""
+    after = text[chunk.end :]
+    gap = after[: len(after) - len(after.lstrip())]
+    if not after.strip() or "\n\n" in gap or after.lstrip()[:1] in "–—":
+        return True
+    return bool(gap) and chunk.text.rstrip("\"')]}»›”’")[-1:] in ".!?…,;:-–—"
+
+
 def assert_invariants(text: str, chunks: list[TextChunk], max_chars: int, first: int) -> None:
     if not text.strip():
         assert chunks == []
@@ -52,10 +63,13 @@ def assert_invariants(text: str, chunks: list[TextChunk], max_chars: int, first:
     assert chunks, "non-blank text must give at least one chunk"
     assert text[: chunks[0].start].strip() == ""
     assert text[chunks[-1].end :].strip() == ""
-    for chunk, limit in zip(chunks, limits(chunks, max_chars, first), strict=True):
+    for i, (chunk, limit) in enumerate(zip(chunks, limits(chunks, max_chars, first), strict=True)):
         assert chunk.text == text[chunk.start : chunk.end]
         assert chunk.text and chunk.text == chunk.text.strip()
-        assert len(chunk.text) <= limit
+        # A later chunk may stretch a little to keep a sentence or clause whole.
+        assert len(chunk.text) <= (stretch_limit(limit, max_chars) if i else limit)
+        if len(chunk.text) > limit:
+            assert ends_a_clause(text, chunk), f"a stretched chunk cut a clause: {chunk.text!r}"
     for prev, nxt in itertools.pairwise(chunks):
         gap = text[prev.end : nxt.start]
         assert prev.end <= nxt.start and gap.strip() == "", f"lost text {gap!r}"
@@ -182,8 +196,8 @@ def test_etc_ends_a_sentence_only_before_a_capital() -> None:
     chunks = split_text(text, max_chars=20, first_max_chars=20)
     assert [c.text for c in chunks] == [
         "Bring apples,",
-        "pears etc. and more",  # not "pears etc.": a lower-case word follows
-        "fruit.",
+        "pears etc. and",  # not "pears etc.": a lower-case word follows
+        "more fruit.",  # cut into about equal parts, not "pears etc. and more" + "fruit."
         "We had fun etc.",
         "Then we left home.",
     ]
@@ -274,3 +288,31 @@ def test_a_235k_character_text_keeps_every_invariant() -> None:
     text = "A reasonably ordinary sentence, with a clause. " * 5000  # ~235k chars
     chunks = split_text(text)
     assert_invariants(text, chunks, 300, 100)
+
+
+def test_a_sentence_cut_between_words_is_cut_into_about_equal_parts() -> None:
+    # Greedy packing would leave "three." alone after a 60-character first chunk.
+    text = "Your appointment with the dentist is confirmed for Thursday at three. See you."
+    chunks = split_text(text, max_chars=300, first_max_chars=60)
+    assert [c.text for c in chunks] == [
+        "Your appointment with the dentist",
+        "is confirmed for Thursday at three. See you.",
+    ]
+
+
+def test_a_later_chunk_stretches_to_keep_a_sentence_whole() -> None:
+    text = (
+        "Good morning! It is twelve degrees outside with a light breeze from the west. "
+        "Expect scattered showers after lunch."
+    )
+    chunks = split_text(text, max_chars=300, first_max_chars=60)
+    assert [c.text for c in chunks] == [
+        "Good morning!",
+        # 63 characters against a limit of 60: whole, not "... from the" and "west."
+        "It is twelve degrees outside with a light breeze from the west.",
+        "Expect scattered showers after lunch.",
+    ]
+    assert limits(chunks, 300, 60)[1] == 60
+    # Never past max_chars: there the sentence is cut, into about equal parts.
+    capped = split_text(text, max_chars=60, first_max_chars=60)
+    assert capped[1].text == "It is twelve degrees outside with"

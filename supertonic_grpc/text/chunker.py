@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -75,6 +76,12 @@ def _is_sentence_end(word: str, next_word: str) -> bool:
     if low in _MAYBE_FINAL or dotted:
         return not following.islower()
     return True
+
+
+def _closer(size: int, grown: int, target: float, limit: int) -> bool:
+    """Whether a part of ``size`` should take the next piece (``grown`` with it): while it
+    fits ``limit`` and ends nearer ``target`` with it than without."""
+    return grown <= limit and (grown <= target or grown - target < target - size)
 
 
 def _gap_level(prev: str, gap: str, nxt: str) -> int:
@@ -147,6 +154,9 @@ class _Segmenter:
         """Greedy packing of the pieces at ``level``; pieces too long go one level down."""
         if level == 0:
             return self.hard_cut(start, end, limit)
+        # Words are cut into about equal parts, never greedily: a greedy cut can leave one
+        # or two words ("... from the | west.") to be spoken alone with a sentence's tone.
+        target = limit if level > _WORD else (end - start) / math.ceil((end - start) / limit)
         out: list[tuple[int, int]] = []
         current: tuple[int, int] | None = None
         for piece_start, piece_end in self.pieces(start, end, level):
@@ -155,7 +165,9 @@ class _Segmenter:
                     out.append(current)
                     current = None
                 out.extend(self.split(piece_start, piece_end, limit, level - 1))
-            elif current and piece_end - current[0] <= limit:
+            elif current and _closer(
+                current[1] - current[0], piece_end - current[0], target, limit
+            ):
                 current = (current[0], piece_end)
             else:
                 if current:
@@ -165,23 +177,35 @@ class _Segmenter:
             out.append(current)
         return out
 
-    def first(self, start: int, end: int, limit: int) -> tuple[int, int]:
-        """The first chunk: the earliest sentence, else clause, that fits, else packed words."""
-        if end - start <= limit:
-            return start, end
+    def packed(self, start: int, end: int, limit: int) -> tuple[int, int]:
+        """The chunk packed from ``start``: whole sentences when they fill it reasonably; a
+        short sentence followed by a long one is packed with the long one's first clauses
+        instead, because a tiny chunk plays too briefly to hide the next chunk's synthesis.
+        (Not words: a cut mid-clause would end in a falling, sentence-final tone.)"""
         for level in (_SENTENCE, _CLAUSE):
-            start, end = next(self.pieces(start, end, level))
-            if end - start <= limit:
-                return start, end
-        words = self.pieces(start, end, _WORD)
-        word_start, word_end = next(words)
-        if word_end - word_start > limit:
-            return self.hard_cut(word_start, word_end, limit)[0]
-        for _, next_end in words:
-            if next_end - start > limit:
+            span = self.split(start, end, limit, level)[0]
+            if (span[1] - span[0]) * 3 >= limit:
                 break
-            word_end = next_end
-        return start, word_end
+        return span
+
+    def whole(self, start: int, end: int, limit: int, stretch: int) -> tuple[int, int] | None:
+        """The first sentence from ``start``, else its first clause, when it is longer than
+        ``limit`` but not than ``stretch``: a chunk that may overrun its limit a little then
+        keeps it whole rather than cut it between words. None when it fits the limit (it
+        packs as usual) or is too long."""
+        for level in (_SENTENCE, _CLAUSE):
+            piece = next(self.pieces(start, end, level))
+            size = piece[1] - piece[0]
+            if size <= limit:
+                return None
+            if size <= stretch:
+                return piece
+        return None
+
+
+def stretch_limit(limit: int, max_chars: int) -> int:
+    """How long a later chunk of ``limit`` may grow to keep a sentence or clause whole."""
+    return min(max_chars, limit + limit // 4)
 
 
 def split_text(
@@ -192,10 +216,11 @@ def split_text(
     The first chunk is at most ``first_max_chars`` (clamped to ``max_chars``) so audio can
     start quickly. Each later chunk's limit is about ``growth`` times the previous chunk's
     length, up to ``max_chars``: a chunk is synthesized while the previous one plays, so a
-    long chunk right after a short one would leave the listener in silence. Chunks pack
-    whole sentences greedily, break long sentences at clauses, then words, are stripped,
-    never empty, and only split a word when that word alone exceeds the limit.
-    Whitespace-only text gives ``[]``.
+    long chunk right after a short one would leave the listener in silence; a later chunk
+    may run a quarter over that limit (never over ``max_chars``) to keep a sentence, else a
+    clause, whole. Chunks pack whole sentences greedily, break long sentences at clauses,
+    then words (into about equal parts), are stripped, never empty, and only split a word
+    when that word alone exceeds the limit. Whitespace-only text gives ``[]``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
@@ -214,14 +239,10 @@ def split_text(
     rest, limit = start, first_limit
     while rest < end:
         window = seg.window_end(rest, limit, end)
-        # Whole sentences when they fill the chunk reasonably; a short sentence followed by a
-        # long one is packed with the long one's first clauses instead, because a tiny chunk
-        # plays too briefly to hide the next chunk's synthesis. (Not words: a cut mid-clause
-        # would end in a falling, sentence-final tone.)
-        for level in (_SENTENCE, _CLAUSE):
-            span = seg.split(rest, window, limit, level)[0]
-            if (span[1] - span[0]) * 3 >= limit:
-                break
+        # A later chunk's limit only paces synthesis, so it may stretch by a quarter to keep
+        # a sentence or clause whole; the first chunk's is the time to first audio.
+        whole = seg.whole(rest, window, limit, stretch_limit(limit, max_chars)) if spans else None
+        span = whole or seg.packed(rest, window, limit)
         spans.append(span)
         # The next chunk is synthesized while this one plays: its size follows this one's.
         size = span[1] - span[0]
