@@ -300,7 +300,9 @@ def test_a_sentence_cut_between_words_is_cut_into_about_equal_parts() -> None:
     ]
 
 
-def test_a_later_chunk_stretches_to_keep_a_sentence_whole() -> None:
+def test_the_second_chunk_never_stretches_past_its_limit() -> None:
+    # It must be ready while "Good morning!" (about a second) plays: the 63-character
+    # sentence is cut into about equal parts, not into "... from the" and "west."
     text = (
         "Good morning! It is twelve degrees outside with a light breeze from the west. "
         "Expect scattered showers after lunch."
@@ -308,11 +310,19 @@ def test_a_later_chunk_stretches_to_keep_a_sentence_whole() -> None:
     chunks = split_text(text, max_chars=300, first_max_chars=60)
     assert [c.text for c in chunks] == [
         "Good morning!",
-        # 63 characters against a limit of 60: whole, not "... from the" and "west."
-        "It is twelve degrees outside with a light breeze from the west.",
-        "Expect scattered showers after lunch.",
+        "It is twelve degrees outside with",
+        "a light breeze from the west. Expect scattered showers after lunch.",
     ]
-    assert limits(chunks, 300, 60)[1] == 60
+
+
+def test_a_third_chunk_stretches_to_keep_a_sentence_whole() -> None:
+    second = "The second sentence is here, and it is of a middling size."  # 58 characters
+    third = "The third one goes on " + "and on " * 16 + "until it ends."  # 148 characters
+    text = f"Hello there, my good friend. {second} {third} Bye."
+    chunks = split_text(text, max_chars=300, first_max_chars=60)
+    assert limits(chunks, 300, 60)[2] == 2 * len(second) + 30 == 146
+    assert [c.text for c in chunks] == ["Hello there, my good friend.", second, third, "Bye."]
     # Never past max_chars: there the sentence is cut, into about equal parts.
-    capped = split_text(text, max_chars=60, first_max_chars=60)
-    assert capped[1].text == "It is twelve degrees outside with"
+    capped = split_text(text, max_chars=146, first_max_chars=60)
+    assert len(capped[2].text) == 74  # half of 148
+    assert capped[3].text.endswith("until it ends. Bye.")

@@ -131,22 +131,19 @@ class Policy:
 
     # --- deadlines -----------------------------------------------------------------------
 
-    def deadline(self, job: Job, running: Sequence[Running], now: float) -> float:
+    def deadline(self, job: Job, running: Sequence[Running]) -> float:
         """When the job's listener needs its next audio. Once the request's playback has
         started, that is when the audio already sent runs out, plus what earlier chunks
-        still owe (their predicted durations, known once admitted). Before, playback starts
-        no earlier than the request's first chunk, still in flight, can have its first piece
-        out: a later chunk's deadline moves with a first chunk that is late, so it never
-        takes the engine from the very first chunk its listener waits for."""
+        still owe (their predicted durations, known once admitted)."""
         playback = job.ticket.playback
-        earlier = [r for r in running if r.ticket is job.ticket and r.job.index < job.index]
-        owed = sum(r.seconds_left(self.sample_rate, self.frame_samples) for r in earlier)
-        if playback.started:
-            return playback.deadline(0.0) + owed
-        first = next((r for r in earlier if r.high), None)
-        if first is None:
+        if not playback.started:
             return job.deadline
-        return max(job.deadline, now + self.remaining_s(first) + owed)
+        owed = sum(
+            r.seconds_left(self.sample_rate, self.frame_samples)
+            for r in running
+            if r.ticket is job.ticket and r.job.index < job.index
+        )
+        return playback.deadline(0.0) + owed
 
     def remaining_s(self, r: Running) -> float:
         """Engine time this chunk needs, alone, until its next piece."""
@@ -167,7 +164,7 @@ class Policy:
     ) -> list[tuple[tuple[Urgency, float, int], Running]]:
         out = []
         for r in items:
-            d = self.deadline(r.job, running, now)
+            d = self.deadline(r.job, running)
             u = self.urgency(d - now, self.remaining_s(r))
             # Hopeless streams: least-served first; the others: earliest deadline first.
             key = (u, r.ticket.work if u is Urgency.HOPELESS else d, r.job.seq)
@@ -223,7 +220,7 @@ class Policy:
         need = job.utterance.steps * self.cost.step_s(1, frames) + self.cost.vocode_s(
             min(frames, self.limits.piece_frames) + self.context_frames
         )
-        d = self.deadline(job, running, now)
+        d = self.deadline(job, running)
         u = self.urgency(d - now, need)
         return (u, job.ticket.work if u is Urgency.HOPELESS else d, job.seq)
 
@@ -390,7 +387,7 @@ class Policy:
     def _can_wait(self, r: Running, ahead_s: float, running: Sequence[Running], now: float) -> bool:
         """Whether a later chunk still makes its deadline, with the margin, after `ahead_s`
         of other work."""
-        slack = self.deadline(r.job, running, now) - now
+        slack = self.deadline(r.job, running) - now
         return slack - ahead_s >= self.remaining_s(r) + self.limits.urgent_margin_s
 
     def _fill(self, order: Sequence[Running]) -> list[Running]:
@@ -439,7 +436,7 @@ class Policy:
         budget = self.limits.max_vocode_frames // (2 if stepped else 1)
         contended = high_work and not self.limits.mix
         ready = [r for r in running if r.flight.denoised and not r.flight.finished]
-        ready.sort(key=lambda r: (not r.high, self.deadline(r.job, running, now), r.job.seq))
+        ready.sort(key=lambda r: (not r.high, self.deadline(r.job, running), r.job.seq))
         for r in ready:
             want = self._piece_frames(r)
             if contended and not r.high:
@@ -469,7 +466,7 @@ class Policy:
         """Whether a later piece can be left for after the newcomers: decoding a finished
         chunk early costs nothing overall, only a little of a newcomer's tick, so it is
         done well before its listener needs it."""
-        slack = self.deadline(r.job, running, now) - now
+        slack = self.deadline(r.job, running) - now
         return (
             slack
             > 3 * self.cost.vocode_s(frames + self.context_frames) + 2 * self.limits.urgent_margin_s
@@ -525,7 +522,7 @@ class Policy:
         """Whether a piece about to be decoded can be left out of this tick for newcomers:
         its slack covers `ahead_s` of their engine time, its own decode and the margin
         (the next tick, jitter). For one tick only: in the next, `vocode_set` plans it."""
-        slack = self.deadline(r.job, running, now) - now
+        slack = self.deadline(r.job, running) - now
         need = ahead_s + self.cost.vocode_s(frames + self.context_frames)
         return slack > need + self.limits.urgent_margin_s
 

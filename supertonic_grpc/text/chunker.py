@@ -216,11 +216,12 @@ def split_text(
     The first chunk is at most ``first_max_chars`` (clamped to ``max_chars``) so audio can
     start quickly. Each later chunk's limit is about ``growth`` times the previous chunk's
     length, up to ``max_chars``: a chunk is synthesized while the previous one plays, so a
-    long chunk right after a short one would leave the listener in silence; a later chunk
-    may run a quarter over that limit (never over ``max_chars``) to keep a sentence, else a
-    clause, whole. Chunks pack whole sentences greedily, break long sentences at clauses,
-    then words (into about equal parts), are stripped, never empty, and only split a word
-    when that word alone exceeds the limit. Whitespace-only text gives ``[]``.
+    long chunk right after a short one would leave the listener in silence; from the third
+    chunk on, one may run a quarter over that limit (never over ``max_chars``) to keep a
+    sentence, else a clause, whole. Chunks pack whole sentences greedily, break long
+    sentences at clauses, then words (into about equal parts), are stripped, never empty,
+    and only split a word when that word alone exceeds the limit. Whitespace-only text
+    gives ``[]``.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
@@ -239,9 +240,12 @@ def split_text(
     rest, limit = start, first_limit
     while rest < end:
         window = seg.window_end(rest, limit, end)
-        # A later chunk's limit only paces synthesis, so it may stretch by a quarter to keep
-        # a sentence or clause whole; the first chunk's is the time to first audio.
-        whole = seg.whole(rest, window, limit, stretch_limit(limit, max_chars)) if spans else None
+        # From the third chunk on, the limit only paces synthesis behind a long chunk that
+        # plays meanwhile, so it may stretch by a quarter to keep a sentence or clause whole.
+        # Not the first chunk's (the time to first audio), nor the second's: it must be ready
+        # while a first chunk of maybe one second plays.
+        stretch = stretch_limit(limit, max_chars)
+        whole = seg.whole(rest, window, limit, stretch) if len(spans) >= 2 else None
         span = whole or seg.packed(rest, window, limit)
         spans.append(span)
         # The next chunk is synthesized while this one plays: its size follows this one's.
