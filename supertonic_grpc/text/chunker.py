@@ -151,7 +151,8 @@ class _Segmenter:
         return spans
 
     def split(self, start: int, end: int, limit: int, level: int) -> list[tuple[int, int]]:
-        """Greedy packing of the pieces at ``level``; pieces too long go one level down."""
+        """Packing of the pieces at ``level`` (greedy for sentences and clauses, about equal
+        parts for words); pieces too long go one level down."""
         if level == 0:
             return self.hard_cut(start, end, limit)
         # Words are cut into about equal parts, never greedily: a greedy cut can leave one
