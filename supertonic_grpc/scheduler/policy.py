@@ -245,53 +245,58 @@ class Policy:
         urgent = [r for key, r in normal if key[0] == Urgency.URGENT]
         if lim.mix:
             order = urgent + high + [r for key, r in normal if key[0] != Urgency.URGENT]
-        elif high and not (
-            self._needy(normal, high, high_run_s) and high_run_s >= lim.high_burst_s
-        ):
-            # First chunks alone, and later chunks that cannot wait for them: an urgent
-            # chunk whose slack still covers the first chunks' remaining steps waits, and
-            # so does one of a costly stream.
+        elif high:
             cheap, due = self._cheap_first(high, high_run_s)
             first = self._fill(cheap + due)
-            ahead = self.high_left_s(first)
-            # An urgent chunk of a costly stream (a 50-step one) about to run dry would add
-            # its steps to every newcomer's, making each first audio wait several times as
-            # long: it takes the engine between bursts of first chunks instead, as hopeless
-            # streams do.
-            urgent = [
-                r
-                for r in urgent
-                if not self._costly(r, first) and not self._can_wait(r, ahead, running, now)
-            ]
-            rest = self._fill(urgent)
-            # A due one that does not fit the newcomers' step takes one of its own.
-            due = self._fill([r for r in due if r not in first])
-            groups = [g for part in (first, due, rest) for g in self.pad_groups(part)]
-            return groups, len(rest)
+            if high_run_s >= lim.high_burst_s and self._needy(normal, first):
+                # The burst bound: this tick is the later chunks'.
+                order = [r for _, r in normal]
+            else:
+                return self._first_groups(first, due, urgent, running, now)
         else:
-            order = [r for _, r in normal] if normal else high
+            order = [r for _, r in normal]
         chosen = self._fill(order)
         groups = [chosen] if lim.mix else self.pad_groups(chosen)
         return groups, sum(1 for r in chosen if r in urgent)
 
-    def _needy(
+    def _first_groups(
         self,
-        normal: Sequence[tuple[tuple[Urgency, float, int], Running]],
-        high: Sequence[Running],
-        high_run_s: float,
+        first: list[Running],
+        due: list[Running],
+        urgent: list[Running],
+        running: Sequence[Running],
+        now: float,
+    ) -> tuple[list[list[Running]], int]:
+        """First chunks alone (`first`, and the costly ones `due` a step), and later chunks
+        that cannot wait for them: an urgent chunk whose slack still covers the first
+        chunks' remaining steps waits, and so does one of a costly stream."""
+        ahead = self.high_left_s(first)
+        # An urgent chunk of a costly stream (a 50-step one) about to run dry would add its
+        # steps to every newcomer's, making each first audio wait several times as long: it
+        # takes the engine between bursts of first chunks instead, as hopeless streams do.
+        urgent = [
+            r
+            for r in urgent
+            if not self._costly(r, first) and not self._can_wait(r, ahead, running, now)
+        ]
+        rest = self._fill(urgent)
+        # A due one that does not fit the newcomers' step takes one of its own.
+        due = self._fill([r for r in due if r not in first])
+        groups = [g for part in (first, due, rest) for g in self.pad_groups(part)]
+        return groups, len(rest)
+
+    def _needy(
+        self, normal: Sequence[tuple[tuple[Urgency, float, int], Running]], first: list[Running]
     ) -> bool:
-        """Whether a later chunk needs the burst bound: one that steps beside first chunks
-        only between their bursts (hopeless, or urgent and of a costly stream). An urgent
-        one that is not costly steps beside them as soon as its slack no longer covers
-        their remaining work, so it need not take the whole engine from a newcomer."""
-        if any(key[0] is Urgency.HOPELESS for key, _ in normal):
-            return True
-        urgent = [r for key, r in normal if key[0] is Urgency.URGENT]
-        if not urgent:
-            return False
-        cheap, due = self._cheap_first(high, high_run_s)
-        first = self._fill(cheap + due)
-        return any(self._costly(r, first) for r in urgent)
+        """Whether a later chunk needs the burst bound: one that steps beside the first
+        chunks stepping (`first`) only between their bursts (hopeless, or urgent and of a
+        costly stream). An urgent one that is not costly steps beside them as soon as its
+        slack no longer covers their remaining work, so it need not take the whole engine
+        from a newcomer."""
+        return any(
+            key[0] is Urgency.HOPELESS or (key[0] is Urgency.URGENT and self._costly(r, first))
+            for key, r in normal
+        )
 
     def pad_groups(self, rows: Sequence[Running]) -> list[list[Running]]:
         """`rows` as the engine calls that step them at the least cost (CPU): split by
