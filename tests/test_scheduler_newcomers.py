@@ -176,6 +176,20 @@ def test_the_piece_after_a_first_piece_waits_for_a_much_cheaper_newcomers_first_
     assert sizes == [5, 120, 75] and ticks[0] == (((1, 0, 1),), ((1, 0, 0), (1, 0, 1)))
 
 
+def test_the_rest_of_a_short_first_chunk_is_priced_at_its_length_and_yields() -> None:
+    p = policy()
+    # A 30-frame first chunk whose 10-frame first piece is out: 20 frames are left.
+    first = running(1, HIGH, 0.6, frames=30, steps_left=0)
+    first.pieces, first.flight.vocoded_frames = 1, 10
+    newcomer = job(Ticket(9), HIGH, 0.0, [], tokens=30, steps=5)  # as costly: a long piece
+    assert p.follow_frames(first, [newcomer]) == 20
+    # Its rest decodes in 0.04 s (20 frames and 20 of context), not a 120-frame piece's
+    # 0.14 s: with the newcomer's 0.1 s ahead and the 0.4 s margin it fits the 0.6 s slack,
+    # so it waits for the newcomer's first piece.
+    assert p.follow_set([first], [newcomer], [first], now=0.0, ahead_s=0.1) == []
+    assert p.follow_set([first], [newcomer], [first], now=0.1, ahead_s=0.1) == [(first, 20)]
+
+
 def test_every_tick_is_traced_and_a_first_chunks_path_is_read_back(tmp_path) -> None:
     clock = FakeClock()
     path = tmp_path / "ticks.jsonl"

@@ -147,6 +147,10 @@ class Policy:
 
     def remaining_s(self, r: Running) -> float:
         """Engine time this chunk needs, alone, until its next piece."""
+        # A whole piece even when less of the chunk is left: the overstatement is headroom
+        # for the ticks it shares with newcomers, which an alone price leaves out. Priced
+        # at its real length, more later chunks waited for newcomers and, in the simulator
+        # (12 seeds), startup bursts at 8 listeners lost three streams' gaps against one.
         f = r.flight
         return f.steps_left * self.cost.step_s(1, f.frames) + self.cost.vocode_s(
             self._piece_frames(r) + self.context_frames
@@ -536,14 +540,15 @@ class Policy:
         long piece, or a short one when a newcomer (queued or stepping) has less than
         1/`expensive_ratio` of this chunk's work (a 50-step or slow-speech chunk yields
         to a short request; between comparable first chunks the extra piece's vocoder
-        context would only cost throughput)."""
-        if self.limits.mix or not waiting:
-            return self.limits.piece_frames
-        mine = r.job.utterance.steps * r.flight.frames
-        least = min(j.utterance.steps * _estimated_frames(j) for j in waiting)
-        if mine > self.limits.expensive_ratio * least:
-            return self.limits.contended_piece_frames
-        return self.limits.piece_frames
+        context would only cost throughput). At most the rest of the chunk: priced at a
+        whole piece, a short chunk's rest did not yield to a newcomer it could wait for."""
+        want = self.limits.piece_frames
+        if not self.limits.mix and waiting:
+            mine = r.job.utterance.steps * r.flight.frames
+            least = min(j.utterance.steps * _estimated_frames(j) for j in waiting)
+            if mine > self.limits.expensive_ratio * least:
+                want = self.limits.contended_piece_frames
+        return min(want, r.flight.frames - r.flight.vocoded_frames)
 
 
 def _estimated_frames(job: Job) -> int:
