@@ -150,7 +150,7 @@ class Policy:
         # A whole piece even when less of the chunk is left: the overstatement is headroom
         # for the ticks it shares with newcomers, which an alone price leaves out. Priced
         # at its real length, more later chunks waited for newcomers and, in the simulator
-        # (12 seeds), startup bursts at 8 listeners lost three streams' gaps against one.
+        # (12 seeds), startup bursts at 8 listeners lost four streams' gaps against one.
         f = r.flight
         return f.steps_left * self.cost.step_s(1, f.frames) + self.cost.vocode_s(
             self._piece_frames(r) + self.context_frames
