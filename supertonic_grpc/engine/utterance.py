@@ -98,6 +98,11 @@ class Flight:
     def steps_left(self) -> int:
         return max(0, self.utterance.steps - self.step)
 
+    @property
+    def frames_left(self) -> int:
+        """Latent frames not vocoded yet."""
+        return max(0, self.frames - self.vocoded_frames)
+
 
 @dataclass
 class BatchStats:

@@ -450,7 +450,7 @@ class Policy:
             want = self._piece_frames(r)
             if contended and not r.high:
                 want = min(want, self.limits.contended_piece_frames)
-            frames = min(want, r.flight.frames - r.flight.vocoded_frames)
+            frames = min(want, r.flight.frames_left)
             if (
                 contended
                 and not r.high
@@ -548,7 +548,7 @@ class Policy:
             least = min(j.utterance.steps * _estimated_frames(j) for j in waiting)
             if mine > self.limits.expensive_ratio * least:
                 want = self.limits.contended_piece_frames
-        return min(want, r.flight.frames - r.flight.vocoded_frames)
+        return min(want, r.flight.frames_left)
 
 
 def _estimated_frames(job: Job) -> int:

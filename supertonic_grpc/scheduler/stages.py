@@ -103,8 +103,7 @@ class Stages:
             return ()
         # Frames decoded, the left context of pieces after the first included.
         frames = sum(
-            min(n, r.flight.frames - r.flight.vocoded_frames)
-            + min(self.context_frames, r.flight.vocoded_frames)
+            min(n, r.flight.frames_left) + min(self.context_frames, r.flight.vocoded_frames)
             for r, n in pieces
         )
         t0 = self.clock()
