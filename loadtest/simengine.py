@@ -46,6 +46,12 @@ class Costs:
 # costs ~7.5 ms whatever its length (the vocoder's ~100 MB of weights read once a call),
 # then ~1 ms a frame: 19 ms for 10 frames, 130 ms for 120.
 QUIET_2CORE = Costs(0.012, 5e-5, 0.022, 1.64e-4, 0.0075, 1.02e-3)
+# The same Xeon kind on a busier day (docs/BENCHMARKS.md, session 21's cost table).
+XEON_2CORE = Costs(0.012, 5e-5, 0.022, 2.7e-4, 0.012, 1.2e-3)
+# A 2-core AMD EPYC (avx512_bf16, no AMX; session 22): compute-bound, so a second row costs
+# more (+70% at 32 frames against +30%) and a vocoded frame 1.56 ms against 1.2.
+EPYC_2CORE = Costs(0.0054, 9.8e-5, 0.0113, 3.95e-4, 0.011, 1.56e-3)
+COSTS = {"quiet": QUIET_2CORE, "xeon": XEON_2CORE, "epyc": EPYC_2CORE}
 
 
 class CostEngine:

@@ -4,10 +4,10 @@
 (play at 1x, think ~1 s, staggered starts, the bundled texts, the server's chunking and
 lookahead) drive the real `Scheduler` and policy, but the engine only advances a clock by
 what each call would cost on the reference machine (`QUIET_2CORE`, fitted to the quiet
-2-core figures in docs/BENCHMARKS.md). Every run is exactly reproducible, and takes
-seconds whatever else the machine is doing, so scheduling policies can be compared where a
-shared machine's timings cannot. It says nothing about the model's own speed: only the
-real load test measures that.
+2-core figures in docs/BENCHMARKS.md; `--costs` picks another fitted machine). Every run is
+exactly reproducible, and takes seconds whatever else the machine is doing, so scheduling
+policies can be compared where a shared machine's timings cannot. It says nothing about
+the model's own speed: only the real load test measures that.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from loadtest.corpus import LANGUAGES, Text, TextPicker, load_texts
 from loadtest.listeners import P95_BOUND, T1_TEXT
 from loadtest.simengine import (
     CHARS_PER_SECOND,
+    COSTS,
     FRAME_SAMPLES,
     QUIET_2CORE,
     SAMPLE_RATE,
@@ -185,12 +186,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="runs per level, pooled")
     parser.add_argument("--heavy", type=int, default=0, help="also the heavy case, N requests")
     parser.add_argument("--serving", action="store_true", help="also make bench's serving phase")
+    parser.add_argument(
+        "--costs", choices=sorted(COSTS), default="quiet", help="the machine whose costs to use"
+    )
     args = parser.parse_args(argv)
-    t1_s = t1()
-    print(f"T1 {t1_s:.3f} s (simulated, {QUIET_2CORE})")
+    costs = COSTS[args.costs]
+    t1_s = t1(costs)
+    print(f"T1 {t1_s:.3f} s (simulated, {args.costs}: {costs})")
     for level in (int(x) for x in args.listeners.split(",")):
         streams = [
-            s for seed in range(args.seeds) for s in listeners(level, args.duration, seed=seed)
+            s
+            for seed in range(args.seeds)
+            for s in listeners(level, args.duration, costs=costs, seed=seed)
         ]
         r = report(level, streams, t1_s)
         print(
@@ -199,13 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"gapless {r['gapless']:.0%}, worst gap {r['worst_gap']:.2f} s"
         )
     for b in (1, 8) if args.serving else ():
-        r = serving(b, seconds=40.0)
+        r = serving(b, seconds=40.0, costs=costs)
         print(
             f"serving B={b}: server {r['server_rtf']:.2f}x real time, engine "
             f"{r['engine_rtf']:.2f}x: {r['ratio']:.3f}"
         )
     if args.heavy:
-        h = heavy(args.heavy)
+        h = heavy(args.heavy, costs=costs)
         print(
             f"heavy x{args.heavy}: newcomer idle {h['idle_s']:.3f} s, loaded median "
             f"{h['median_s']:.3f} ({h['ratio_median']:.2f}x) max {h['max_s']:.3f} "

@@ -208,6 +208,23 @@ def test_a_hopeless_stream_does_not_take_the_step_from_one_that_can_be_saved() -
     assert first.request_ids == (2,) and first.urgent == 1
 
 
+def test_an_urgent_later_chunk_steps_without_feasible_company_on_cpu() -> None:
+    def stepped(mix: bool) -> list[tuple[int, ...]]:
+        clock = FakeClock()
+        engine = FakeEngine(clock, step_cost=0.001)
+        s = started(Scheduler(engine, max_batch=4, clock=clock, mix_priorities=mix))
+        out: list = []
+        s.submit(job(Ticket(1), NORMAL, clock.now + 60, out, tokens=100, steps=3, index=1))
+        s.submit(job(Ticket(2), NORMAL, clock.now + 0.9, out, tokens=100, steps=3, index=1))
+        return [t.request_ids for t in run(s) if t.stepped]
+
+    # CPU: a row costs nearly what a call does, so the chunk whose listener runs dry in
+    # 0.9 s takes its three steps alone; the one with a minute of slack steps after it.
+    assert stepped(mix=False) == [(2,), (2,), (2,), (1,), (1,), (1,)]
+    # GPU: extra rows are nearly free, so they share every step.
+    assert stepped(mix=True) == [(1, 2), (1, 2), (1, 2)]
+
+
 def test_an_urgent_later_chunk_steps_beside_a_flood_of_newcomers() -> None:
     clock = FakeClock()
     limits = Limits(max_batch=1, max_running=8, high_burst_s=0.05)
