@@ -112,6 +112,20 @@ def test_an_urgent_chunk_of_a_50_step_stream_does_not_add_its_steps_to_a_newcome
     assert p.step_groups([newcomer, costly], now=0.0, high_run_s=0.0)[0] == [[newcomer], [costly]]
 
 
+def test_a_later_chunk_is_not_held_back_for_a_costly_first_chunk_in_flight() -> None:
+    p = policy()
+    heavy = running(9, HIGH, 0.0, frames=100, steps_left=30)
+    heavy.flight.utterance = dataclasses.replace(heavy.flight.utterance, steps=50)
+    listener = job(Ticket(1), NORMAL, 60.0, [], tokens=40, steps=5, index=1)  # a minute of slack
+    # A 50-step first chunk is in flight for seconds: the listener's next chunk is admitted
+    # now, not held until it is due.
+    assert p.admissions([], [listener], [heavy], now=0.0) == [listener]
+    # A comparable newcomer (5 steps) is in flight for a fraction of a second: it waits.
+    newcomer = running(8, HIGH, 0.0, frames=30, steps_left=3)
+    assert p.admissions([], [listener], [newcomer], now=0.0) == []
+    assert p.admissions([], [listener], [heavy, newcomer], now=0.0) == []
+
+
 def test_a_newcomer_arriving_mid_tick_makes_that_ticks_vocoding_yield() -> None:
     clock = FakeClock()
     engine = FakeEngine(clock, step_cost=0.001)

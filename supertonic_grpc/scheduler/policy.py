@@ -19,6 +19,9 @@ Rules, in order:
   urgent or hopeless later chunks steps only those: a feasible one waits for a tick without
   them, since a row costs nearly what a call does there.
 - A request's chunks are admitted in order: a later chunk never overtakes an earlier one.
+  One with slack is admitted while first chunks are in flight only when they are all
+  costly (50 steps against 5): such a first chunk takes seconds, and holding every
+  listener's next chunk until due behind it underran them.
 - Fair share: the first pass takes one chunk per request, the second fills what is left.
 - Every step is bounded by `max_batch` rows and `max_step_frames` padded frames (rows x
   longest latent), so one tick, and therefore any newcomer's wait, stays short.
@@ -190,7 +193,9 @@ class Policy:
     ) -> list[Job]:
         """Queued jobs to admit this tick: first chunks (oldest first) while rows allow,
         then later chunks by deadline; a later chunk with slack waits while a first chunk
-        is in flight on CPU, so it does not slow that first chunk's steps."""
+        is in flight on CPU, so it does not slow that first chunk's steps, unless that
+        first chunk is over `expensive_ratio` times costlier per second of audio (its
+        steps against the later chunk's)."""
         lim = self.limits
         chosen: list[Job] = []
         high_running = sum(1 for r in running if r.high)
@@ -199,7 +204,11 @@ class Policy:
             if high_running + len(chosen) >= lim.max_running:
                 break
             chosen.append(job)
-        high_work = bool(chosen) or high_running > 0
+        # The first chunks a later chunk makes way for: not a costly one (50 steps against
+        # 5), in flight for seconds, which would hold every listener's next chunk until due.
+        newcomer_steps = [j.utterance.steps for j in chosen] + [
+            r.flight.utterance.steps for r in running if r.high
+        ]
         room = lim.max_running - len(running) - len(chosen)
         ranked = sorted((self._job_key(j, running, now), j) for j in _in_order(normal))
         busy = {id(r.ticket) for r in running}
@@ -207,6 +216,8 @@ class Policy:
         for (urgency, *_), job in ranked[: max(0, room)]:
             if len(chosen) >= lim.max_batch:
                 break
+            ratio, steps = lim.expensive_ratio, job.utterance.steps
+            high_work = any(n <= ratio * steps for n in newcomer_steps)
             if high_work and not lim.mix and not self._may_interrupt(urgency, high_run_s):
                 continue
             chosen.append(job)
