@@ -77,7 +77,7 @@ def test_six_listeners_pass_the_capacity_rule_in_simulation() -> None:
 def test_eight_listeners_play_gapless_on_both_cpus_costs_in_simulation(machine: str) -> None:
     # Later chunks with slack wait for ticks without urgent ones (`_pressing`); when
     # they stepped beside them, the startup burst at 8 listeners underran on the EPYC's
-    # costs (1 stream of 43 here; 7 of 716 over 12 seeds of 90 s).
+    # costs (1 stream of 43 here; 9 of 716 over 12 seeds of 90 s).
     costs = simengine.COSTS[machine]
     streams = [s for seed in range(4) for s in simulate.listeners(8, 60.0, costs=costs, seed=seed)]
     assert simulate.report(8, streams, simulate.t1(costs))["gapless"] == 1.0

@@ -216,8 +216,7 @@ class Policy:
         for (urgency, *_), job in ranked[: max(0, room)]:
             if len(chosen) >= lim.max_batch:
                 break
-            ratio, steps = lim.expensive_ratio, job.utterance.steps
-            high_work = any(n <= ratio * steps for n in newcomer_steps)
+            high_work = any(not self._costlier(n, job.utterance.steps) for n in newcomer_steps)
             if high_work and not lim.mix and not self._may_interrupt(urgency, high_run_s):
                 continue
             chosen.append(job)
@@ -402,7 +401,12 @@ class Policy:
         """Whether `r`'s audio costs over `expensive_ratio` times the cheapest of `others`'
         per second: its flow steps against theirs (50 against 5)."""
         least = min((o.flight.utterance.steps for o in others), default=r.flight.utterance.steps)
-        return r.flight.utterance.steps > self.limits.expensive_ratio * least
+        return self._costlier(r.flight.utterance.steps, least)
+
+    def _costlier(self, steps: int, than: int) -> bool:
+        """Whether audio of `steps` flow steps costs over `expensive_ratio` times audio of
+        `than` per second."""
+        return steps > self.limits.expensive_ratio * than
 
     def high_left_s(self, group: Sequence[Running]) -> float:
         """Engine time until a group of first chunks, stepping together, has its first
