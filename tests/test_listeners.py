@@ -3,20 +3,32 @@ gaps, the pass rule, the capacity search, and listener/burst loops against a fak
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from loadtest.cli import parse_args
 from loadtest.corpus import TextPicker, load_texts
-from loadtest.listeners import burst_start, find_capacity, judge, listener, listening_ends
+from loadtest.listeners import (
+    T1_TEXT,
+    bracket_t1,
+    burst_start,
+    drive_levels,
+    find_capacity,
+    judge,
+    listener,
+    listening_ends,
+    markdown,
+)
 from loadtest.runner import RunConfig, run_level
-from loadtest.stats import StreamRecord, summarize_streams
+from loadtest.stats import StreamRecord, percentile, ratio_interval, summarize_streams
 from supertonic_client._proto.supertonic.v1 import tts_pb2, tts_pb2_grpc
 
 
@@ -48,6 +60,28 @@ def test_gapless_pieces_pass_and_a_slow_p95_or_a_gap_fails() -> None:
     assert not judge(figures, t1_s=0.05)["passes"]  # p95 4x T1
     gappy = [*smooth[:3], _record(0.0, [0.2, 1.5], [0.7, 1.0])]
     assert not judge(summarize_streams(gappy, 5.0, 0.02), t1_s=0.15)["passes"]
+
+
+def test_the_p95_over_t1_interval_holds_the_point_ratio_and_narrows_with_samples() -> None:
+    # 40 first audios 0.20-0.39 s and T1 tries around 0.15 s: p95/T1 ~2.5.
+    few = [0.20 + 0.005 * k for k in range(40)]
+    t1 = [0.14, 0.15, 0.15, 0.16, 0.15]
+    low, high = ratio_interval(few, t1) or (0.0, 0.0)
+    assert low < (percentile(few, 95) or 0.0) / 0.15 < high
+    assert high - low > 0.1  # 40 streams: the 95th percentile is the second slowest
+    wide = high - low
+    low, high = ratio_interval(few * 10, t1 * 10) or (0.0, 0.0)
+    assert high - low < wide / 2
+    assert ratio_interval(few, t1) == ratio_interval(few, t1)  # a fixed seed: reproducible
+    assert ratio_interval([], t1) is None and ratio_interval(few, []) is None
+
+
+def test_a_levels_t1_is_the_median_of_the_tries_before_and_after_it() -> None:
+    before = {"text": "x", "t1_s": 0.10, "samples_s": [0.10, 0.10, 0.11]}
+    after = {"text": "x", "t1_s": 0.20, "samples_s": [0.19, 0.20, 0.20]}
+    t1 = bracket_t1(before, after)
+    assert t1["t1_s"] == pytest.approx((0.11 + 0.19) / 2)
+    assert (t1["before_s"], t1["after_s"], t1["repeats"]) == (0.10, 0.20, 6)
 
 
 def test_capacity_search_finds_the_highest_passing_level() -> None:
@@ -132,3 +166,62 @@ def test_listener_flags_become_levels_and_are_checked(tmp_path: Path) -> None:
         parse_args(["--find-capacity"])
     with pytest.raises(SystemExit):
         parse_args(["--listeners", "2", "--burst", "2"])
+
+
+class _DriftingTTS(tts_pb2_grpc.TextToSpeechServicer):
+    """A server that slows down: T1's short text answers in 0.05 s for its first five tries
+    and 0.15 s after that; every other text in 0.16 s. One 0.1 s piece per stream."""
+
+    def __init__(self) -> None:
+        self.t1_tries = 0
+
+    async def Synthesize(
+        self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        if request.text == T1_TEXT.text:
+            self.t1_tries += 1
+            await asyncio.sleep(0.05 if self.t1_tries <= 5 else 0.15)
+        else:
+            await asyncio.sleep(0.16)
+        chunk = tts_pb2.AudioChunk(index=0, duration_seconds=0.1, piece=0, last_piece=True)
+        yield tts_pb2.SynthesizeResponse(chunk=chunk)
+        yield tts_pb2.SynthesizeResponse(summary=tts_pb2.SynthesizeSummary(chunks=1))
+
+
+async def _drive(fake: _DriftingTTS) -> dict[str, Any]:
+    server = grpc.aio.server()
+    tts_pb2_grpc.add_TextToSpeechServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    cfg = RunConfig(
+        address=f"127.0.0.1:{port}", mode="listen", users=[1], duration_s=1.0, requests=2,
+        think_s=0.0, stagger_s=0.0,
+    )  # fmt: skip
+    args = argparse.Namespace(t1_repeats=5, find_capacity=False, capacity_max=4)
+    picker = TextPicker(load_texts(("en",), max_sentences=1), seed=1)
+    try:
+        async with grpc.aio.insecure_channel(cfg.address) as channel:
+            return await drive_levels(cfg, args, [tts_pb2_grpc.TextToSpeechStub(channel)], picker)
+    finally:
+        await server.stop(None)
+
+
+def test_each_level_is_judged_against_the_t1_tries_around_it() -> None:
+    run = asyncio.run(_drive(_DriftingTTS()))
+    (level,) = run["levels"]
+    fig = level.figures
+    # Before the level T1 was 0.05 s: 0.16 s first audios would be 3.2x and fail. The tries
+    # around the level (0.05 and 0.15 s) put T1 at ~0.10 s: 1.6x, a pass.
+    assert run["t1"]["t1_s"] == pytest.approx(0.05, abs=0.02)
+    assert fig["t1"]["after_s"] == pytest.approx(0.15, abs=0.02)
+    assert fig["t1"]["t1_s"] == pytest.approx(0.10, abs=0.02)
+    assert fig["passes"] and 1.3 < fig["p95_over_t1"] < 1.9
+    low, high = fig["p95_over_t1_interval"]
+    assert low <= fig["p95_over_t1"] <= high
+    report = {
+        "t1": run["t1"], "pass_rule": "p95 <= 2 x T1", "mode": "listen", "capacity": None,
+        "settings": {"think_s": 0.0, "stagger_s": 0.0},
+        "levels": [{"users": 1, **fig}],
+    }  # fmt: skip
+    row = next(line for line in markdown(report) if line.startswith("| 1 |"))
+    assert f"| {fig['t1']['t1_s']:.3f} |" in row and f"{low:.2f}–{high:.2f}" in row
