@@ -142,6 +142,33 @@ def test_a_newcomer_arriving_mid_tick_makes_that_ticks_vocoding_yield() -> None:
     assert third.admitted == ((9, 0),) and third.stepped == ((9, 0, 0),)
 
 
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_full_running_set_with_work_queued_decodes_what_could_wait(queued: bool) -> None:
+    clock = FakeClock()
+    engine = FakeEngine(clock, step_cost=0.001)
+    s = started(Scheduler(engine, limits=Limits(max_batch=2, max_running=2), clock=clock))
+    out: list = []
+    s.submit(job(Ticket(1), NORMAL, clock.now + 60, out, tokens=100, steps=1, index=1))
+
+    def arrivals() -> None:
+        s.submit(job(Ticket(2), HIGH, clock.now, out, tokens=5, steps=4))
+        if queued:  # a listener's next chunk, with no room to start
+            s.submit(job(Ticket(3), NORMAL, clock.now + 60, out, tokens=5, steps=1, index=1))
+
+    engine.during_step = arrivals
+    first = s.step(block=False)  # chunk (1, 1) denoised; its minute of audio can wait
+    assert first.stepped == ((1, 1, 0),) and first.vocoded == ()
+    second = s.step(block=False)
+    assert second.admitted == ((2, 0),)  # the newcomer takes the last slot
+    in_flight = [r.job.ticket.request_id for r in s._running]
+    if queued:
+        # Chunk (3, 1) cannot start until a slot frees: holding (1, 1) back for the newcomer
+        # would hold every queued chunk too, so its piece is decoded now and it leaves.
+        assert second.vocoded == ((1, 1, 0),) and in_flight == [2]
+    else:  # nothing waits for its slot: it waits for its due time
+        assert second.vocoded == () and in_flight == [1, 2]
+
+
 def test_a_first_piece_goes_out_before_the_urgent_later_chunks_step() -> None:
     clock = FakeClock()
     engine = FakeEngine(clock, step_cost=0.001)

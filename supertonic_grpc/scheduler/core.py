@@ -300,12 +300,16 @@ class Scheduler:
         # While first chunks are in flight or queued (even one that arrived during this
         # tick, or in a tick they yield to later chunks), later pieces are short and only
         # the due ones are decoded.
-        contended = self._contended()
+        # Unless the running set is full with work queued: then a finished chunk's slot is
+        # what every queued newcomer waits for, and decoding it only when due (seconds
+        # later, at playback pace) left a saturated CPU server stepping 6 rows of 8.
+        crowded = self._crowded()
+        contended = self._contended() and not crowded
         pieces = self.policy.vocode_set(
             self._running,
             now,
             contended,
-            bool(stepped),
+            bool(stepped) and not crowded,
             self.policy.newcomers_left_s(self._running, self._high_jobs()),
         )
         pieces = [p for p in pieces if p[0] not in early]  # their follow-up comes below
@@ -373,8 +377,10 @@ class Scheduler:
         for r, frames in (p for p in pieces if not p[0].high):
             if r not in self._running:
                 continue
-            if self._newcomer_waiting() and self.policy.piece_can_yield(
-                r, frames, self._running, self.clock()
+            if (
+                self._newcomer_waiting()
+                and not self._crowded()
+                and self.policy.piece_can_yield(r, frames, self._running, self.clock())
             ):
                 continue
             done += self.stages.vocode([(r, frames)], errors)
@@ -383,6 +389,12 @@ class Scheduler:
     def _contended(self) -> bool:
         """First chunks are queued or in flight without their first piece."""
         return self._newcomer_waiting() or any(r.high for r in self._running)
+
+    def _crowded(self) -> bool:
+        """The running set is full and work is queued (read without the lock, as
+        `_newcomer_waiting`): no queued chunk can start until a running one finishes."""
+        queued = bool(self._high or self._normal)
+        return queued and len(self._running) >= self.limits.max_running
 
     def _high_jobs(self) -> list[Job]:
         """The queued first chunks (read without the lock, as `_newcomer_waiting`)."""

@@ -32,7 +32,8 @@ Rules, in order:
   pad its step until first chunks have had `high_burst_s`, and one of a costly stream (50
   steps against 5) not at all, but for one step each `high_burst_s` of engine time it waited;
   while first chunks are queued or in flight, later pieces are decoded only when due, and
-  short; the piece after a first piece is short only for a much cheaper newcomer, and
+  short (unless the running set is full with work queued: then they are decoded whole, so
+  their slots free); the piece after a first piece is short only for a much cheaper newcomer, and
   waits a tick when other newcomers' first pieces are out before it is due; a piece planned
   before a newcomer arrived mid-tick yields it that tick when its slack allows, and a due
   piece whose slack covers the newcomers' remaining engine time waits for their first audio.
