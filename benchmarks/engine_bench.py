@@ -23,7 +23,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -239,7 +239,13 @@ def run(args: argparse.Namespace) -> Report:
     if args.no_serving:
         report.serving_note = "serving phase skipped (--no-serving)"
     else:
-        _serve(args, report, sizes)
+
+        def retime(n: int) -> float:
+            """The eager engine's RTF at batch n, timed now (median of the repeats)."""
+            timed = [_timed(engines[EAGER], batches[n], args.gap_s) for _ in range(args.repeats)]
+            return statistics.median(audio / wall for wall, audio in timed)
+
+        _serve(args, report, sizes, retime)
     return report
 
 
@@ -252,7 +258,9 @@ def _measure_quality(engines: dict[str, Any], items: list[Utterance], report: Re
             report.quality[mode] = asdict(compare.quality(reference, engine.synthesize(items)))
 
 
-def _serve(args: argparse.Namespace, report: Report, sizes: list[int]) -> None:
+def _serve(
+    args: argparse.Namespace, report: Report, sizes: list[int], retime: Callable[[int], float]
+) -> None:
     cfg = ServingConfig(
         batch_sizes=sizes,
         texts=TEXTS,
@@ -273,7 +281,7 @@ def _serve(args: argparse.Namespace, report: Report, sizes: list[int]) -> None:
         "max_wait_ms": serving.MAX_WAIT_MS,
     }
     try:
-        report.serving = serving.run_serving(cfg, eager_rtf(report))
+        report.serving = serving.run_serving(cfg, eager_rtf(report), retime)
     except (SpawnError, OSError, grpc.RpcError) as exc:
         # The engine figures are still worth writing; say why the serving table is missing.
         report.serving_note = f"serving phase FAILED: {type(exc).__name__}: {exc}"

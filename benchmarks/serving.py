@@ -5,7 +5,10 @@ below B chunks) and kept busy by 2B+2 clients, each sending one ~100-character c
 request back to back, so B chunks are always ready to share each flow step. Throughput is
 measured from the replies over a fixed window after a warm-up and set beside the engine's
 own throughput at the same batch size, measured in the same run: serving overhead is one
-ratio.
+ratio. The engine is timed again just before and just after each serving window, and the
+ratio divides by the mean of those two: a shared machine's speed drifts over the minutes
+between the engine table and the serving phase (on a 2-core EPYC the same code measured
+0.78 and 0.94 in consecutive runs against the table alone).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,13 @@ class ServingRow:
     saturated: bool
     chunks_per_request: float | None = None
     note: str = ""
+    # The engine re-timed just before and just after the window; `ratio` uses their mean.
+    engine_rtf_around: tuple[float, float] | None = None
+
+    def bracket(self, before: float, after: float) -> None:
+        """Judge the server against the engine timed around its window."""
+        self.engine_rtf_around = (before, after)
+        self.ratio = serving_ratio(self.server_rtf, (before + after) / 2)
 
 
 @dataclass
@@ -276,8 +286,14 @@ async def _serve_one(
     return row
 
 
-def run_serving(cfg: ServingConfig, engine_rtf: dict[int, float]) -> list[ServingRow]:
-    """Spawn and saturate the server once per batch size; one row each (logged as it goes)."""
+def run_serving(
+    cfg: ServingConfig,
+    engine_rtf: dict[int, float],
+    retime: Callable[[int], float] | None = None,
+) -> list[ServingRow]:
+    """Spawn and saturate the server once per batch size; one row each (logged as it goes).
+    With `retime` (the engine's RTF at a batch size, timed now), each row is judged against
+    the engine timed just before and just after its window."""
     rows: list[ServingRow] = []
     with contextlib.ExitStack() as stack:
         model_dir = cfg.model_dir
@@ -286,7 +302,10 @@ def run_serving(cfg: ServingConfig, engine_rtf: dict[int, float]) -> list[Servin
             # environment's SUPERTONIC_MODEL_DIR or cache holds, matching the engine phase.
             model_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-demo-"))
         for n in cfg.batch_sizes:
+            before = retime(n) if retime else None
             row = asyncio.run(_serve_one(cfg, n, model_dir, engine_rtf.get(n)))
+            if retime is not None and before is not None:
+                row.bracket(before, retime(n))
             rows.append(row)
             log.info(
                 "serving batch %d: %s x real time (engine %s), ratio %s, average batch %s%s",
@@ -316,16 +335,21 @@ def render_serving(rows: Sequence[ServingRow], cfg: dict[str, Any]) -> list[str]
         f"one ~100-character chunk per request back to back; {cfg.get('warmup_s'):g} s "
         f"warm-up, then {cfg.get('seconds'):g} s measured",
         "- server RTF: audio of whole requests finished in the window / the wall time they "
-        "took; engine RTF: the eager engine table above (same run, same batch size)",
+        "took; engine RTF: the eager engine table above (same run, same batch size); "
+        "*around*: the same engine timed just before / just after the window. The ratio "
+        "divides by the mean of *around* when it was measured, else by the table's figure.",
         "",
-        "| B | clients | batches | engine RTF | server RTF | server / engine | "
-        "avg batch (metrics) | avg batch (replies) | latency p50 s | saturated |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| B | clients | batches | engine RTF | around (before / after) | server RTF | "
+        "server / engine | avg batch (metrics) | avg batch (replies) | latency p50 s | "
+        "saturated |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
+        around = r.engine_rtf_around
+        around_s = "–" if around is None else f"{around[0]:.2f} / {around[1]:.2f}"
         lines.append(
             f"| {r.batch_size} | {r.clients} | {r.batches} | {_fmt(r.engine_rtf)} | "
-            f"{_fmt(r.server_rtf)} | {_fmt(r.ratio)} | {_fmt(r.avg_batch_metrics)} | "
+            f"{around_s} | {_fmt(r.server_rtf)} | {_fmt(r.ratio)} | {_fmt(r.avg_batch_metrics)} | "
             f"{_fmt(r.avg_batch_replies)} | {_fmt(r.latency_p50_s)} | "
             f"{'yes' if r.saturated else 'NO'} |"
         )

@@ -157,8 +157,8 @@ def test_render_markdown_has_engine_and_serving_tables() -> None:
     text = bench.render_markdown(_report())
     assert "| 4 | eager | 22.70 | 2.400 | 9.50 |  |" in text
     assert "## Serving overhead" in text
-    assert "| 1 | 4 | 30 | 7.10 | 7.00 | 0.99 | 1.00 | 1.00 | 3.30 | yes |" in text
-    assert "| 4 | 10 | 10 | 9.50 | 9.00 | 0.95 | 3.20 | 3.20 | 5.00 | NO |" in text
+    assert "| 1 | 4 | 30 | 7.10 | – | 7.00 | 0.99 | 1.00 | 1.00 | 3.30 | yes |" in text
+    assert "| 4 | 10 | 10 | 9.50 | – | 9.00 | 0.95 | 3.20 | 3.20 | 5.00 | NO |" in text
     assert "- B=4: did not saturate" in text
     assert "onnxruntime not installed" in text
     assert "pass --compile" in text
@@ -168,7 +168,17 @@ def test_render_serving_empty_and_missing_values() -> None:
     assert render_serving([], {}) == []
     row = ServingRow(8, 18, 5.0, 1, 0, 1, 0.0, 5.0, None, None, None, None, None, None, False)
     lines = render_serving([row], {"steps": 5, "seconds": 5.0, "warmup_s": 1.0})
-    assert "| 8 | 18 | 1 | n/a | n/a | n/a | n/a | n/a | n/a | NO |" in lines
+    assert "| 8 | 18 | 1 | n/a | – | n/a | n/a | n/a | n/a | n/a | NO |" in lines
+
+
+def test_a_serving_row_is_judged_against_the_engine_timed_around_its_window() -> None:
+    # The table's engine figure (7.1) came minutes earlier; around the window the engine
+    # ran at 6.0 and then 8.0: the server's 7.0 is 1.0 of their mean, not 0.99 of 7.1.
+    row = ServingRow(1, 4, 25.0, 30, 0, 30, 170.0, 24.0, 7.0, 7.1, 7.0 / 7.1, 1.0, 1.0, 3.3, True)
+    row.bracket(6.0, 8.0)
+    assert row.ratio == pytest.approx(1.0) and row.engine_rtf == 7.1
+    lines = render_serving([row], {"steps": 5, "seconds": 25.0, "warmup_s": 6.0})
+    assert "| 1 | 4 | 30 | 7.10 | 6.00 / 8.00 | 7.00 | 1.00 | 1.00 | 1.00 | 3.30 | yes |" in lines
 
 
 def test_write_reports_records_serving_ratio(tmp_path: Path) -> None:
