@@ -26,11 +26,6 @@ from supertonic_grpc.model import Supertonic
 log = logging.getLogger(__name__)
 
 ORT = "onnxruntime"
-# Flags set by the CPU that decide which kernels can run; printed with every benchmark.
-CPU_FLAGS = (
-    "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-    "amx_tile", "amx_bf16", "amx_int8",
-)  # fmt: skip
 
 
 class Synthesizer(Protocol):
@@ -45,20 +40,6 @@ class Quality:
 
     max_abs_diff: float
     snr_db: float
-
-
-def cpu_flags(cpuinfo: str | None = None) -> list[str]:
-    """Which of CPU_FLAGS this machine has (from /proc/cpuinfo; empty when unreadable)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [f for f in CPU_FLAGS if f in have]
-    return []
 
 
 def mode_name(precision: str) -> str:

@@ -43,6 +43,7 @@ from benchmarks.report import (
     write_reports,
 )
 from benchmarks.serving import ServingConfig
+from loadtest.cpu import cpu_flags, cpu_model
 from loadtest.spawn import SpawnError
 from supertonic_grpc.backends.gpu import GPU_LENGTH_BUCKETS
 from supertonic_grpc.bundle import ModelBundle, load_bundle
@@ -73,16 +74,11 @@ VOICES = ("M1", "F1", "M2", "F2", "M3", "F3", "M4", "F4")
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """CPU model, cores, torch version and device, for the report header."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
+    if model == "unknown":
+        model = platform.processor() or model
     info: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": model,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -91,7 +87,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "dtype": "float32",
         # Other work on the machine skews every figure; the report shows how busy it was.
         "load_1min_at_start": round(os.getloadavg()[0], 2),
-        "cpu_flags": compare.cpu_flags(),
+        "cpu_flags": cpu_flags(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

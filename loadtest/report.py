@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from loadtest import listeners
+from loadtest.cpu import cpu_flags, cpu_model
 from loadtest.runner import LevelResult, RunConfig
 from loadtest.stats import StreamRecord, pick_timeline, stream_summary
 
@@ -30,6 +31,8 @@ def machine_info() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "load_average": list(load) if load else None,
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
@@ -164,6 +167,7 @@ def render_markdown(report: dict[str, Any], charts: list[str] | None = None) -> 
         "",
         f"- created {report['created_utc']} on {m['hostname']} ({m['platform']}, "
         f"{m['cpu_count']} CPUs, Python {m['python']}, grpcio {m['grpcio']})",
+        f"- CPU: {m.get('cpu', 'unknown')}; flags: {' '.join(m.get('cpu_flags', [])) or 'n/a'}",
         f"- server {srv['address']}{' (spawned)' if srv['spawned'] else ''}: model "
         f"{srv['model_state']} {srv['model_version']}, {_model_info(srv.get('model_info'))}",
         f"- per level: {st['duration_s']:g} s, "

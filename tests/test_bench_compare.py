@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import compare, onnx_baseline
 from benchmarks.report import EAGER, ORT, Report, Row, ort_ratio, render_markdown
+from loadtest.cpu import cpu_flags, cpu_model
 from supertonic_grpc.bundle import ModelBundle, demo_bundle
 from supertonic_grpc.engine import Engine, Synthesized, Utterance
 from supertonic_grpc.model import SupertonicConfig
@@ -102,8 +103,10 @@ def test_precisions_and_cpu_flags_parse() -> None:
     with pytest.raises(ValueError):
         compare.parse_precisions("fp8")
     info = "processor: 0\nflags\t\t: fpu avx2 fma avx512f amx_bf16 avx512_bf16\n"
-    assert compare.cpu_flags(info) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
-    assert compare.cpu_flags("no flags line") == []
+    assert cpu_flags(info) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
+    assert cpu_flags("no flags line") == []
+    assert cpu_model("model name\t: AMD EPYC\nflags\t: avx2\n") == "AMD EPYC"
+    assert cpu_model("") == "unknown"
 
 
 def test_report_shows_the_ratio_against_onnx_runtime() -> None:
