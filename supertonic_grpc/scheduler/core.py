@@ -301,8 +301,9 @@ class Scheduler:
         # tick, or in a tick they yield to later chunks), later pieces are short and only
         # the due ones are decoded.
         # Unless the running set is full with work queued: then a finished chunk's slot is
-        # what every queued newcomer waits for, and decoding it only when due (seconds
-        # later, at playback pace) left a saturated CPU server stepping 6 rows of 8.
+        # what queued later chunks wait for (and a closed-loop client, its reply), and
+        # decoding it only when due, at playback pace, left a saturated CPU server
+        # stepping 6 rows of 8.
         crowded = self._crowded()
         contended = self._contended() and not crowded
         pieces = self.policy.vocode_set(
@@ -392,7 +393,8 @@ class Scheduler:
 
     def _crowded(self) -> bool:
         """The running set is full and work is queued (read without the lock, as
-        `_newcomer_waiting`): no queued chunk can start until a running one finishes."""
+        `_newcomer_waiting`): no queued later chunk can start until a running one
+        finishes (first chunks are bounded by their own count, not by the set's size)."""
         queued = bool(self._high or self._normal)
         return queued and len(self._running) >= self.limits.max_running
 
