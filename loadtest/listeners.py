@@ -24,7 +24,7 @@ from typing import Any
 
 from loadtest.corpus import Text, TextPicker
 from loadtest.runner import LevelResult, RunConfig, one_request, requests_loop, run_level
-from loadtest.stats import StreamRecord, ratio_interval
+from loadtest.stats import StreamRecord, first_audio_times, ratio_interval
 from supertonic_client._proto.supertonic.v1 import tts_pb2_grpc
 
 log = logging.getLogger("loadtest")
@@ -172,8 +172,7 @@ async def drive_levels(
         after = await measure_t1(stubs[0], cfg, args.t1_repeats)
         level_t1, latest = bracket_t1(latest, after), after
         verdict = judge(result.figures, level_t1["t1_s"])
-        ttfas = [r.ttfa for r in result.records if r.ok and r.ttfa is not None]
-        interval = ratio_interval(ttfas, level_t1["samples_s"])
+        interval = ratio_interval(first_audio_times(result.records), level_t1["samples_s"])
         result.figures.update(verdict, t1=level_t1, p95_over_t1_interval=interval)
         levels.append(result)
         t = result.figures["ttfa_s"]

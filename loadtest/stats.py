@@ -204,12 +204,18 @@ def stream_summary(stream: StreamRecord, t0: float, tolerance_s: float) -> dict[
     }
 
 
+def first_audio_times(streams: Iterable[StreamRecord]) -> list[float]:
+    """The TTFA of every stream that succeeded and had audio: what a level's percentiles
+    (and the interval of its p95/T1) are taken over."""
+    return [s.ttfa for s in streams if s.ok and s.ttfa is not None]
+
+
 def summarize_streams(
     streams: Sequence[StreamRecord], wall_s: float, tolerance_s: float
 ) -> dict[str, Any]:
     """The per-level figures of a streaming run: TTFA, gaps, throughput, errors."""
     ok = [s for s in streams if s.ok]
-    ttfas = [s.ttfa for s in ok if s.ttfa is not None]
+    ttfas = first_audio_times(streams)
     server_ttfas = [s.server_ttfa for s in ok if s.server_ttfa is not None]
     all_gaps = [g for s in streams for g in s.playback().gaps]
     loud = [g for g in all_gaps if g > tolerance_s]
